@@ -1,0 +1,88 @@
+package client
+
+import (
+	"net"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
+	"github.com/rs/zerolog"
+)
+
+// clientActor owns one connection's writer side and lifecycle: it turns
+// the registry's messages into frames on the outbox, tracks the client's
+// preferred (home) flag, and tears the connection down when the reader
+// ends.
+type clientActor struct {
+	sys     *actors.System
+	conn    *actors.Conn
+	netConn net.Conn
+	outbox  *Outbox
+	log     zerolog.Logger
+	since   time.Time
+
+	preferred   bool
+	closeReason string // why the server closed the connection, if it did
+}
+
+// Messages from the connection's own reader.
+type (
+	notePreferred struct{ preferred bool }
+	readerDone    struct {
+		err      error
+		notIdeal bool
+	}
+)
+
+func (a *clientActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actors.SendPeerGone:
+		a.outbox.QueuePeerGone(m.Peer, m.Reason)
+	case *actors.SendPeerPresence:
+		a.outbox.QueuePresence(m.Updates)
+	case *actors.CloseConn:
+		if a.closeReason == "" {
+			a.closeReason = m.Reason
+			a.log.Info().Str("reason", m.Reason).Msg("closing connection")
+		}
+		// The reader notices and reports readerDone; cleanup happens there.
+		a.netConn.Close()
+	case *notePreferred:
+		a.setPreferred(m.preferred)
+	case *readerDone:
+		a.outbox.Close()
+		a.netConn.Close()
+		ctx.Send(a.sys.Registry, &actors.Unregister{Conn: a.conn})
+		stats := a.sys.Stats
+		stats.CurrentConns.Add(-1)
+		if m.notIdeal {
+			stats.NotIdealConns.Add(-1)
+		}
+		if a.preferred {
+			stats.HomeConns.Add(-1)
+		}
+		logDisconnect(a.log, m.err, a.since)
+		ctx.Stop(ctx.Self())
+	}
+}
+
+func (a *clientActor) setPreferred(v bool) {
+	if v == a.preferred {
+		return
+	}
+	a.preferred = v
+	stats := a.sys.Stats
+	if v {
+		stats.HomeConns.Add(1)
+	} else {
+		stats.HomeConns.Add(-1)
+	}
+	// A client settling on its home right after connecting is not a move.
+	if time.Since(a.since) > homeMoveGrace {
+		if v {
+			stats.HomeMovesIn.Add(1)
+		} else {
+			stats.HomeMovesOut.Add(1)
+		}
+	}
+}

@@ -1,0 +1,383 @@
+package client
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+)
+
+// batchFlushBytes is how much a writer collects before it flushes even
+// though more frames are ready, so one slow flush never holds more than
+// about a buffer's worth of data past its write deadline.
+const batchFlushBytes = 48 << 10
+
+// Outbox is everything a connection sends: two bounded packet queues (disco
+// and everything else, so bulk data cannot starve path discovery), a queue
+// of control frames, and the writer goroutine that drains them into the
+// socket. It is owned by the connection's client actor; other connections'
+// readers only ever call SendPacket.
+type Outbox struct {
+	// Set at construction, read-only after.
+	sys          *actors.System
+	conn         net.Conn
+	w            *wire.Writer
+	writeTimeout time.Duration
+	keepAlive    time.Duration
+	owner        *actors.Conn // set by Serve before the outbox is reachable
+
+	data  chan *wire.Packet
+	disco chan *wire.Packet
+	wake  chan struct{} // capacity 1: control frames are waiting
+	done  chan struct{} // closed by Close: the writer should stop
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	finished  chan struct{} // closed when the writer goroutine has exited
+
+	ctrlMu      sync.Mutex
+	ctrl        []ctrlFrame
+	pong        [wire.PingDataLen]byte
+	pongPending bool
+
+	// Owned by the writer goroutine.
+	spare    []ctrlFrame
+	seen     map[wire.NodePublic]struct{} // sources already reported Delivered
+	lastSrc  wire.NodePublic              // cache: consecutive packets usually share a source
+	haveLast bool
+	sent     actors.SendCounts
+	oldest   int64 // QueuedAt of the first packet in the current batch
+}
+
+type ctrlFrame struct {
+	typ    wire.FrameType
+	key    wire.NodePublic
+	reason wire.PeerGoneReason
+	addr   netip.AddrPort
+	flags  wire.PeerPresentFlags
+	body   []byte
+}
+
+// OutboxConfig sizes an outbox.
+type OutboxConfig struct {
+	QueueDepth   int           // per queue; upstream's 32
+	WriteTimeout time.Duration // per batch; 0 means none
+	KeepAlive    time.Duration // nominal interval; jitter is added
+	MaxWrite     int           // largest single socket write; 0 = unlimited
+}
+
+// NewOutbox prepares an outbox for conn. Start launches its writer.
+func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
+	depth := cfg.QueueDepth
+	if depth <= 0 {
+		depth = 32
+	}
+	return &Outbox{
+		sys:          sys,
+		conn:         conn,
+		w:            wire.NewWriter(conn, cfg.MaxWrite),
+		writeTimeout: cfg.WriteTimeout,
+		keepAlive:    cfg.KeepAlive,
+		data:         make(chan *wire.Packet, depth),
+		disco:        make(chan *wire.Packet, depth),
+		wake:         make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		finished:     make(chan struct{}),
+	}
+}
+
+// SendPacket queues a packet for this connection without waiting: when the
+// queue is full the oldest packet is dropped to make room, so a receiver
+// that cannot keep up loses its stalest data instead of slowing its
+// senders. Implements actors.PacketSink.
+func (o *Outbox) SendPacket(p *wire.Packet) {
+	kind := actors.KindOther
+	q := o.data
+	if p.IsDisco() {
+		kind, q = actors.KindDisco, o.disco
+	}
+	stats := o.sys.Stats
+	for range 3 {
+		if o.closed.Load() {
+			stats.Drop(actors.DropGoneDisconnected, kind, p.Len())
+			p.Release()
+			return
+		}
+		select {
+		case q <- p:
+			if o.closed.Load() {
+				// Closed while we queued: nobody will write it.
+				o.dropQueued()
+			}
+			return
+		default:
+		}
+		select {
+		case old := <-q:
+			stats.Drop(actors.DropQueueHead, kind, old.Len())
+			old.Release()
+		default:
+		}
+	}
+	stats.Drop(actors.DropQueueTail, kind, p.Len())
+	p.Release()
+}
+
+// QueuePeerGone asks the writer to send PeerGone.
+func (o *Outbox) QueuePeerGone(peer wire.NodePublic, reason wire.PeerGoneReason) {
+	o.queueCtrl(ctrlFrame{typ: wire.FramePeerGone, key: peer, reason: reason})
+}
+
+// QueuePresence asks the writer to send watcher updates, in order.
+func (o *Outbox) QueuePresence(updates []actors.PeerPresence) {
+	o.ctrlMu.Lock()
+	for _, u := range updates {
+		if u.Present {
+			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerPresent, key: u.Peer, addr: u.Addr, flags: u.Flags})
+		} else {
+			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerGone, key: u.Peer, reason: wire.PeerGoneDisconnected})
+		}
+	}
+	o.ctrlMu.Unlock()
+	o.signal()
+}
+
+// QueuePong answers a ping. At most one pong waits at a time; pings that
+// arrive meanwhile are not answered, which bounds what a client can make
+// the server queue.
+func (o *Outbox) QueuePong(data [wire.PingDataLen]byte) {
+	o.ctrlMu.Lock()
+	if o.pongPending {
+		o.ctrlMu.Unlock()
+		return
+	}
+	o.pong, o.pongPending = data, true
+	o.ctrlMu.Unlock()
+	o.signal()
+}
+
+// queueServerInfo queues the ServerInfo frame; Serve calls it before the
+// connection is registered, so it is the first frame the writer sends.
+func (o *Outbox) queueServerInfo(body []byte) {
+	o.queueCtrl(ctrlFrame{typ: wire.FrameServerInfo, body: body})
+}
+
+func (o *Outbox) queueCtrl(f ctrlFrame) {
+	o.ctrlMu.Lock()
+	o.ctrl = append(o.ctrl, f)
+	o.ctrlMu.Unlock()
+	o.signal()
+}
+
+func (o *Outbox) signal() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start launches the writer goroutine.
+func (o *Outbox) Start() { go o.run() }
+
+// Close stops the writer. Queued packets are counted as dropped because
+// their receiver is gone. Safe to call more than once and from any
+// goroutine.
+func (o *Outbox) Close() {
+	o.closeOnce.Do(func() {
+		o.closed.Store(true)
+		close(o.done)
+	})
+}
+
+// Finished is closed once the writer goroutine has exited.
+func (o *Outbox) Finished() <-chan struct{} { return o.finished }
+
+func (o *Outbox) run() {
+	defer o.finish()
+	// Keepalives are a minute apart to spare phone batteries, with a
+	// per-connection jitter so a server restart does not synchronise
+	// every client's keepalive forever after.
+	interval := o.keepAlive + rand.N(5*time.Second)
+	ka := time.NewTicker(interval)
+	defer ka.Stop()
+	for {
+		// Idle: hold no buffer while waiting.
+		o.w.Release()
+		select {
+		case <-o.done:
+			return
+		case p := <-o.disco:
+			o.armDeadline()
+			o.writePacket(p)
+		case p := <-o.data:
+			o.armDeadline()
+			o.writePacket(p)
+		case <-o.wake:
+			o.armDeadline()
+			o.writeCtrl()
+		case <-ka.C:
+			o.armDeadline()
+			o.w.WriteKeepAlive()
+		}
+		// Take whatever else is ready, flushing every batchFlushBytes,
+		// and flush once nothing is: several frames per system call
+		// under load, no added delay when idle.
+		for o.w.Err() == nil {
+			if o.w.Buffered() >= batchFlushBytes {
+				o.flush()
+				o.armDeadline()
+			}
+			select {
+			case p := <-o.disco:
+				o.writePacket(p)
+				continue
+			case p := <-o.data:
+				o.writePacket(p)
+				continue
+			case <-o.wake:
+				o.writeCtrl()
+				continue
+			default:
+			}
+			break
+		}
+		o.flush()
+		if err := o.w.Err(); err != nil {
+			o.fail(err)
+			return
+		}
+	}
+}
+
+func (o *Outbox) armDeadline() {
+	if o.writeTimeout > 0 {
+		o.conn.SetWriteDeadline(time.Now().Add(o.writeTimeout))
+	}
+}
+
+func (o *Outbox) flush() {
+	frames := o.w.Frames()
+	if frames == 0 {
+		return
+	}
+	o.w.Flush()
+	stats := o.sys.Stats
+	stats.NoteBatch(frames)
+	stats.AddSent(&o.sent)
+	if o.oldest != 0 {
+		stats.NoteQueueDelay(float64(time.Now().UnixNano()-o.oldest) / 1e6)
+		o.oldest = 0
+	}
+}
+
+func (o *Outbox) writePacket(p *wire.Packet) {
+	o.noteSource(p.Source())
+	if o.oldest == 0 {
+		o.oldest = p.QueuedAt
+	}
+	if err := o.w.WriteRaw(p.RecvFrame()); err != nil {
+		o.sys.Stats.Drop(actors.DropWriteError, actors.KindOf(p.IsDisco()), p.Len())
+	} else {
+		o.sent.Packets++
+		o.sent.Bytes += int64(p.Len())
+	}
+	p.Release()
+}
+
+// noteSource tells the registry the first time this connection is sent a
+// packet from src, so that it hears PeerGone when src leaves.
+func (o *Outbox) noteSource(src wire.NodePublic) {
+	if o.haveLast && src == o.lastSrc {
+		return
+	}
+	o.lastSrc, o.haveLast = src, true
+	if _, ok := o.seen[src]; ok {
+		return
+	}
+	if o.seen == nil {
+		o.seen = make(map[wire.NodePublic]struct{})
+	}
+	o.seen[src] = struct{}{}
+	o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner, Source: src})
+}
+
+func (o *Outbox) writeCtrl() {
+	o.ctrlMu.Lock()
+	frames := o.ctrl
+	o.ctrl = o.spare[:0]
+	pong, hasPong := o.pong, o.pongPending
+	o.pongPending = false
+	o.ctrlMu.Unlock()
+
+	stats := o.sys.Stats
+	for i := range frames {
+		f := &frames[i]
+		switch f.typ {
+		case wire.FrameServerInfo:
+			o.w.WriteFrame(wire.FrameServerInfo, f.body, nil)
+		case wire.FramePeerGone:
+			o.w.WritePeerGone(f.key, f.reason)
+			switch f.reason {
+			case wire.PeerGoneDisconnected:
+				stats.PeerGoneDiscFrame.Add(1)
+				// Should the peer come back and send again, that is a
+				// new relationship worth a new PeerGone later.
+				delete(o.seen, f.key)
+				if o.haveLast && o.lastSrc == f.key {
+					o.haveLast = false
+				}
+			case wire.PeerGoneNotHere:
+				stats.PeerGoneNotHere.Add(1)
+			}
+		case wire.FramePeerPresent:
+			o.w.WritePeerPresent(f.key, f.addr, f.flags)
+		}
+		*f = ctrlFrame{}
+	}
+	o.spare = frames[:0]
+	if hasPong {
+		o.w.WritePong(pong)
+		stats.SentPong.Add(1)
+	}
+}
+
+// fail handles a write error: the connection is unusable, so close it; the
+// reader then fails too and the client actor cleans up.
+func (o *Outbox) fail(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		o.sys.Stats.WriteTimeouts.Add(1)
+	}
+	o.closed.Store(true)
+	o.conn.Close()
+}
+
+func (o *Outbox) finish() {
+	o.closed.Store(true)
+	o.dropQueued()
+	o.w.Release()
+	close(o.finished)
+}
+
+// dropQueued empties both queues, counting what was lost.
+func (o *Outbox) dropQueued() {
+	stats := o.sys.Stats
+	for {
+		select {
+		case p := <-o.disco:
+			stats.Drop(actors.DropGoneDisconnected, actors.KindDisco, p.Len())
+			p.Release()
+		case p := <-o.data:
+			stats.Drop(actors.DropGoneDisconnected, actors.KindOther, p.Len())
+			p.Release()
+		default:
+			return
+		}
+	}
+}

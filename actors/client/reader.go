@@ -1,0 +1,212 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+	"golang.org/x/time/rate"
+)
+
+// protocolError is a client breaking the protocol: the connection is
+// closed and the reason logged.
+type protocolError struct{ msg string }
+
+func (e *protocolError) Error() string { return e.msg }
+
+func protoErrorf(format string, args ...any) error {
+	return &protocolError{msg: fmt.Sprintf(format, args...)}
+}
+
+func isProtocolError(err error) bool {
+	var pe *protocolError
+	return errors.As(err, &pe) || errors.Is(err, wire.ErrFrameTooLarge)
+}
+
+// reader is a connection's read loop. It owns the socket's read half, the
+// frame decoder and its local counters; it runs on the goroutine that
+// called Serve.
+type reader struct {
+	sys    *actors.System
+	conn   *actors.Conn
+	outbox *Outbox
+	rd     *wire.Reader
+	routes *actors.RouteTable
+
+	recv    actors.ReceiveCounts
+	now     int64         // time of the last socket read, stamped on queued packets
+	notHere *rate.Limiter // created on first use: most clients never need it
+}
+
+func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader) *reader {
+	return &reader{sys: sys, conn: c, outbox: ob, rd: rd, routes: sys.Routes}
+}
+
+// run reads frames until the connection fails or the client breaks the
+// protocol, and returns why.
+func (r *reader) run() error {
+	defer r.sys.Stats.AddReceived(&r.recv)
+	for {
+		idle := r.rd.Buffered() == 0
+		if idle {
+			// About to read from the socket, and perhaps wait: publish
+			// counts so they are never stale for an idle connection.
+			r.sys.Stats.AddReceived(&r.recv)
+		}
+		t, n, err := r.rd.ReadHeader()
+		if err != nil {
+			return err
+		}
+		if idle {
+			r.now = time.Now().UnixNano()
+		}
+		if r.conn.NoteActivity.Load() && r.conn.NoteActivity.CompareAndSwap(true, false) {
+			r.sys.Send(r.sys.Registry, &actors.Activity{Conn: r.conn})
+		}
+		if err := r.handle(t, n); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *reader) handle(t wire.FrameType, n uint32) error {
+	switch t {
+	case wire.FrameSendPacket:
+		return r.sendPacket(n)
+	case wire.FrameForwardPacket:
+		return r.forwardPacket(n)
+	case wire.FrameNotePreferred:
+		if n != 1 {
+			return protoErrorf("NotePreferred of %d bytes, want 1", n)
+		}
+		var b [1]byte
+		if err := r.rd.ReadFull(b[:]); err != nil {
+			return err
+		}
+		r.sys.Send(r.conn.PID, &notePreferred{preferred: b[0] != 0})
+	case wire.FramePing:
+		if n < wire.MinPingLen || n > wire.MaxPingLen {
+			return protoErrorf("Ping of %d bytes, want %d to %d", n, wire.MinPingLen, wire.MaxPingLen)
+		}
+		var data [wire.PingDataLen]byte
+		if err := r.rd.ReadFull(data[:]); err != nil {
+			return err
+		}
+		if err := r.rd.Discard(int(n) - wire.PingDataLen); err != nil {
+			return err
+		}
+		r.sys.Stats.GotPing.Add(1)
+		r.outbox.QueuePong(data)
+	case wire.FrameWatchConns:
+		if !r.conn.CanMesh {
+			return protoErrorf("WatchConns from a client without the mesh key")
+		}
+		if n != 0 {
+			return protoErrorf("WatchConns of %d bytes, want 0", n)
+		}
+		r.sys.Send(r.sys.Registry, &actors.WatchConns{Conn: r.conn})
+	case wire.FrameClosePeer:
+		if !r.conn.CanMesh {
+			return protoErrorf("ClosePeer from a client without the mesh key")
+		}
+		if n != wire.KeyLen {
+			return protoErrorf("ClosePeer of %d bytes, want %d", n, wire.KeyLen)
+		}
+		var target wire.NodePublic
+		if err := r.rd.ReadFull(target[:]); err != nil {
+			return err
+		}
+		r.sys.Send(r.sys.Registry, &actors.ClosePeer{From: r.conn, Target: target})
+	default:
+		// Unknown types, and types only a server sends (KeepAlive, Pong,
+		// a second ClientInfo), are skipped so that newer clients keep
+		// working with this server.
+		return r.rd.Discard(int(n))
+	}
+	return nil
+}
+
+// sendPacket reads a SendPacket and routes it: the hot path.
+func (r *reader) sendPacket(n uint32) error {
+	if n < wire.KeyLen || n > wire.MaxRecvFrameBody {
+		return protoErrorf("SendPacket of %d bytes, want %d to %d", n, wire.KeyLen, wire.MaxRecvFrameBody)
+	}
+	var dst wire.NodePublic
+	if err := r.rd.ReadFull(dst[:]); err != nil {
+		return err
+	}
+	p := wire.NewPacket(int(n) - wire.KeyLen)
+	if err := r.rd.ReadFull(p.Payload()); err != nil {
+		p.Release()
+		return err
+	}
+	p.SetSource(r.conn.Key)
+	disco := p.IsDisco()
+	r.recv.Packets++
+	r.recv.Bytes += int64(p.Len())
+	if disco {
+		r.recv.Disco++
+	}
+	r.route(dst, p, disco, false)
+	return nil
+}
+
+// forwardPacket reads a mesh peer's ForwardPacket: delivered only to local
+// clients, never forwarded again, so a packet crosses at most one mesh hop
+// and cannot loop.
+func (r *reader) forwardPacket(n uint32) error {
+	if !r.conn.CanMesh {
+		return protoErrorf("ForwardPacket from a client without the mesh key")
+	}
+	if n < 2*wire.KeyLen || n > wire.MaxForwardFrameBody {
+		return protoErrorf("ForwardPacket of %d bytes, want %d to %d", n, 2*wire.KeyLen, wire.MaxForwardFrameBody)
+	}
+	var keys [2 * wire.KeyLen]byte
+	if err := r.rd.ReadFull(keys[:]); err != nil {
+		return err
+	}
+	p := wire.NewPacket(int(n) - 2*wire.KeyLen)
+	if err := r.rd.ReadFull(p.Payload()); err != nil {
+		p.Release()
+		return err
+	}
+	p.SetSource(wire.NodePublic(keys[:wire.KeyLen]))
+	r.sys.Stats.ForwardedIn.Add(1)
+	r.route(wire.NodePublic(keys[wire.KeyLen:]), p, p.IsDisco(), true)
+	return nil
+}
+
+// route hands p to its destination or drops it. It never waits on another
+// connection.
+func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded bool) {
+	if rt := r.routes.Lookup(dst); rt != nil {
+		if rt.Local != nil {
+			p.QueuedAt = r.now
+			rt.Local.SendPacket(p)
+			return
+		}
+		if rt.Forward != nil && !forwarded {
+			r.sys.Stats.ForwardedOut.Add(1)
+			rt.Forward.ForwardPacket(p.Source(), dst, p)
+			return
+		}
+	}
+	reason := actors.DropUnknownDest
+	if forwarded {
+		reason = actors.DropUnknownDestOnFwd
+	}
+	r.sys.Stats.Drop(reason, actors.KindOf(disco), p.Len())
+	p.Release()
+	if disco {
+		// Tell the sender (for a forwarded packet, the mesh peer) that the
+		// key is not here, so it stops using this path; rate-limited.
+		if r.notHere == nil {
+			r.notHere = rate.NewLimiter(rate.Every(notHereRate), notHereBurst)
+		}
+		if r.notHere.Allow() {
+			r.outbox.QueuePeerGone(dst, wire.PeerGoneNotHere)
+		}
+	}
+}

@@ -1,0 +1,208 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
+)
+
+// Accepted describes a connection the HTTP layer has upgraded to DERP.
+type Accepted struct {
+	Conn      net.Conn
+	Prefix    []byte         // bytes the client pipelined after its HTTP request
+	Addr      netip.AddrPort // client address, for logs, watchers and admission
+	FastStart bool           // no HTTP response was written
+	NotIdeal  bool           // the client is not on its region's first node
+	WebSocket bool
+	MaxWrite  int // largest single write the transport accepts; 0 = unlimited
+}
+
+// Serve runs a connection from the handshake to its end, on the calling
+// goroutine, which becomes the connection's reader. It returns once the
+// connection is closed; the client actor finishes the cleanup.
+//
+// The handshake (protocol order, see package wire):
+//
+//  1. write ServerKey and flush;
+//  2. read ClientInfo, which must be the first frame;
+//  3. decide admission: mesh-key holders skip it;
+//  4. queue ServerInfo as the outbox's first frame, register with the
+//     registry (watchers hear of the client now), start the writer;
+//  5. read frames until the connection ends.
+//
+// Steps 1–3 run under one HandshakeTimeout deadline.
+func Serve(sys *actors.System, cfg *Config, a Accepted) {
+	log := sys.Log.With().Uint64("conn", 0).Str("addr", a.Addr.String()).Logger()
+	conn := a.Conn
+	start := time.Now()
+	conn.SetDeadline(start.Add(HandshakeTimeout))
+	key, info, rd, err := handshake(cfg, a)
+	if err == nil && cfg.Admit != nil && !isMesh(cfg, info) {
+		ctx, cancel := context.WithDeadline(context.Background(), start.Add(HandshakeTimeout))
+		err = cfg.Admit(ctx, key, a.Addr)
+		cancel()
+		if err != nil {
+			sys.Stats.Rejected.Add(1)
+			log.Info().Str("key", key.String()).Err(err).Msg("client refused by admission control")
+			conn.Close()
+			rd.Release()
+			return
+		}
+	}
+	if err != nil {
+		sys.Stats.HandshakeErrors.Add(1)
+		ev := log.Info()
+		if !isBenign(err) {
+			ev = log.Warn()
+		}
+		ev.Err(err).Msg("handshake failed; closing")
+		conn.Close()
+		if rd != nil {
+			rd.Release()
+		}
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	rd.SetMaxFrame(maxFrameAfterHandshake)
+
+	canMesh := isMesh(cfg, info)
+	c := &actors.Conn{
+		ID:      sys.NextConnID(),
+		Key:     key,
+		Addr:    a.Addr,
+		Flags:   presentFlags(canMesh, info.IsProber, a.NotIdeal),
+		CanMesh: canMesh,
+		Since:   start,
+	}
+	writeTimeout := cfg.WriteTimeout
+	if canMesh {
+		writeTimeout = MeshWriteTimeout
+	}
+	ob := NewOutbox(sys, conn, OutboxConfig{
+		QueueDepth:   cfg.QueueDepth,
+		WriteTimeout: writeTimeout,
+		KeepAlive:    cfg.keepAlive(),
+		MaxWrite:     a.MaxWrite,
+	})
+	ob.owner = c
+	c.Sink = ob
+	si, err := wire.AppendServerInfo(nil, cfg.PrivateKey, key, wire.ServerInfo{Version: wire.ProtocolVersion})
+	if err != nil {
+		panic("client: ServerInfo: " + err.Error()) // JSON of a fixed struct
+	}
+	ob.queueServerInfo(si)
+
+	log = sys.Log.With().Uint64("conn", c.ID).Str("key", key.ShortString()).Str("addr", a.Addr.String()).Logger()
+	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, log: log, since: start}
+	c.PID = sys.Root.SpawnPrefix(sys.Props(func() actor.Actor { return ca }), "client")
+
+	stats := sys.Stats
+	stats.Accepts.Add(1)
+	stats.CurrentConns.Add(1)
+	if a.NotIdeal {
+		stats.NotIdealConns.Add(1)
+	}
+	if a.WebSocket {
+		stats.WebSocketAccepts.Add(1)
+	}
+	sys.Send(sys.Registry, &actors.Register{Conn: c})
+	ob.Start()
+	log.Info().Str("nodekey", key.String()).Bool("mesh", canMesh).Bool("prober", info.IsProber).
+		Bool("fast_start", a.FastStart).Bool("websocket", a.WebSocket).Bool("not_ideal", a.NotIdeal).
+		Str("app", info.AppName).Msg("client connected")
+
+	r := newReader(sys, c, ob, rd)
+	err = r.run()
+	rd.Release()
+	sys.Send(c.PID, &readerDone{err: err, notIdeal: a.NotIdeal})
+}
+
+// handshake writes ServerKey and reads and opens ClientInfo.
+func handshake(cfg *Config, a Accepted) (wire.NodePublic, wire.ClientInfo, *wire.Reader, error) {
+	var info wire.ClientInfo
+	var key wire.NodePublic
+	w := wire.NewWriter(a.Conn, a.MaxWrite)
+	w.WriteServerKey(cfg.PublicKey)
+	if err := w.Flush(); err != nil {
+		return key, info, nil, fmt.Errorf("writing ServerKey: %w", err)
+	}
+	w.Release()
+
+	rd := wire.NewReader(a.Conn, a.Prefix, wire.MaxClientInfoLen)
+	t, n, err := rd.ReadHeader()
+	if err != nil {
+		return key, info, rd, fmt.Errorf("reading ClientInfo header: %w", err)
+	}
+	if t != wire.FrameClientInfo {
+		return key, info, rd, fmt.Errorf("first frame is %v, want ClientInfo", t)
+	}
+	if n < wire.MinClientInfoLen {
+		return key, info, rd, fmt.Errorf("ClientInfo of %d bytes is too short", n)
+	}
+	body := make([]byte, n)
+	if err := rd.ReadFull(body); err != nil {
+		return key, info, rd, fmt.Errorf("reading ClientInfo: %w", err)
+	}
+	key, info, err = wire.ParseClientInfo(body, cfg.PrivateKey)
+	return key, info, rd, err
+}
+
+func isMesh(cfg *Config, info wire.ClientInfo) bool {
+	return !cfg.MeshKey.IsZero() && !info.MeshKey.IsZero() && info.MeshKey.Equal(cfg.MeshKey)
+}
+
+func presentFlags(mesh, prober, notIdeal bool) wire.PeerPresentFlags {
+	var f wire.PeerPresentFlags
+	if mesh {
+		f |= wire.PeerPresentIsMeshPeer
+	}
+	if prober {
+		f |= wire.PeerPresentIsProber
+	}
+	if notIdeal {
+		f |= wire.PeerPresentNotIdeal
+	}
+	if f == 0 {
+		f = wire.PeerPresentIsRegular
+	}
+	return f
+}
+
+// isBenign tells ordinary endings (the peer hung up, we closed) from
+// errors an operator may want to look at.
+func isBenign(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// logDisconnect writes the one line an operator sees when a client leaves.
+func logDisconnect(log zerolog.Logger, err error, since time.Time) {
+	ev := log.Info()
+	reason := "closed"
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF):
+		reason = "client hung up"
+	case errors.Is(err, net.ErrClosed):
+		reason = "closed by server"
+	case isProtocolError(err):
+		ev = log.Warn()
+		reason = "protocol violation"
+	default:
+		reason = "read error"
+	}
+	if err != nil {
+		ev = ev.AnErr("error", err)
+	}
+	ev.Str("reason", reason).Dur("duration", time.Since(since)).Msg("client disconnected")
+}

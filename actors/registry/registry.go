@@ -1,0 +1,376 @@
+// Package registry is the registry actor: the single owner of which node
+// keys are connected here, which of a key's connections receives its
+// packets, who watches connection changes, and who must hear PeerGone when
+// a key leaves. It is the only writer of the RouteTable that connection
+// readers consult.
+package registry
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
+)
+
+// Registry is the actor. Create it with New and spawn it with Props.
+type Registry struct {
+	sys       *actors.System
+	log       zerolog.Logger
+	serverKey wire.NodePublic
+
+	keys     map[wire.NodePublic]*keyState
+	conns    map[*actors.Conn]*connState
+	watchers map[*actors.Conn]struct{}
+
+	// recipients lists, per source key, the connections that were sent at
+	// least one packet from it: they get PeerGone(Disconnected) when the
+	// source leaves the region.
+	recipients map[wire.NodePublic]map[*actors.Conn]struct{}
+
+	// seq orders registrations and activity, to pick the most recently
+	// active duplicate when the active one leaves.
+	seq uint64
+}
+
+type keyState struct {
+	conns  []*connState // in registration order
+	active *connState
+}
+
+type connState struct {
+	conn      *actors.Conn
+	seq       uint64
+	heardFrom map[wire.NodePublic]struct{}
+}
+
+// New returns a registry for a server whose own key is serverKey (a mesh
+// link that reaches itself must not become its own watcher).
+func New(sys *actors.System, serverKey wire.NodePublic) *Registry {
+	return &Registry{
+		sys:        sys,
+		log:        sys.Log.With().Str("actor", "registry").Logger(),
+		serverKey:  serverKey,
+		keys:       make(map[wire.NodePublic]*keyState),
+		conns:      make(map[*actors.Conn]*connState),
+		watchers:   make(map[*actors.Conn]struct{}),
+		recipients: make(map[wire.NodePublic]map[*actors.Conn]struct{}),
+	}
+}
+
+// Props returns the props that spawn r.
+func (r *Registry) Props() *actor.Props {
+	return r.sys.Props(func() actor.Actor { return r })
+}
+
+// Spawn starts a registry and records its PID in the system.
+func Spawn(sys *actors.System, serverKey wire.NodePublic) *actor.PID {
+	pid, err := sys.Root.SpawnNamed(New(sys, serverKey).Props(), "registry")
+	if err != nil {
+		panic("registry: spawn: " + err.Error())
+	}
+	sys.Registry = pid
+	return pid
+}
+
+// Receive implements actor.Actor.
+func (r *Registry) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actors.Register:
+		r.register(ctx, m.Conn)
+	case *actors.Unregister:
+		r.unregister(ctx, m.Conn)
+	case *actors.Activity:
+		r.activity(m.Conn)
+	case *actors.WatchConns:
+		r.watch(ctx, m.Conn)
+	case *actors.ClosePeer:
+		r.closePeer(ctx, m)
+	case *actors.Delivered:
+		r.delivered(ctx, m)
+	case *actors.CloseAll:
+		for c := range r.conns {
+			ctx.Send(c.PID, &actors.CloseConn{Reason: m.Reason})
+		}
+	case *actors.GetRegistryState:
+		ctx.Respond(r.state())
+	case *actors.CheckConsistency:
+		ctx.Respond(&actors.ConsistencyReport{Problems: r.check()})
+	}
+}
+
+func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
+	if _, dup := r.conns[c]; dup {
+		r.log.Error().Uint64("conn", c.ID).Msg("connection registered twice; ignoring")
+		return
+	}
+	r.seq++
+	cs := &connState{conn: c, seq: r.seq}
+	r.conns[c] = cs
+	ks := r.keys[c.Key]
+	if ks == nil {
+		ks = &keyState{}
+		r.keys[c.Key] = ks
+	}
+	ks.conns = append(ks.conns, cs)
+	stats := r.sys.Stats
+	switch n := len(ks.conns); {
+	case n == 2:
+		stats.DupClientKeys.Add(1)
+		stats.DupClientConns.Add(2)
+	case n > 2:
+		stats.DupClientConns.Add(1)
+	}
+	if len(ks.conns) > 1 {
+		stats.DupClientTotal.Add(1)
+		r.log.Debug().Uint64("conn", c.ID).Str("key", c.Key.ShortString()).
+			Int("conns", len(ks.conns)).Msg("duplicate connection for key; newest receives")
+	}
+	// The newest connection receives until another of the key's
+	// connections speaks.
+	r.setActive(ks, cs)
+	stats.ClientsLocal.Store(int64(len(r.keys)))
+	r.broadcast(ctx, actors.PeerPresence{Peer: c.Key, Present: true, Addr: c.Addr, Flags: c.Flags})
+}
+
+func (r *Registry) unregister(ctx actor.Context, c *actors.Conn) {
+	cs, ok := r.conns[c]
+	if !ok {
+		return
+	}
+	delete(r.conns, c)
+	if _, ok := r.watchers[c]; ok {
+		delete(r.watchers, c)
+		r.sys.Stats.Watchers.Add(-1)
+	}
+	for src := range cs.heardFrom {
+		if set := r.recipients[src]; set != nil {
+			delete(set, c)
+			if len(set) == 0 {
+				delete(r.recipients, src)
+			}
+		}
+	}
+
+	ks := r.keys[c.Key]
+	ks.conns = slices.DeleteFunc(ks.conns, func(x *connState) bool { return x == cs })
+	stats := r.sys.Stats
+	switch len(ks.conns) {
+	case 0:
+		delete(r.keys, c.Key)
+		stats.ClientsLocal.Store(int64(len(r.keys)))
+		r.publishRoute(c.Key, nil)
+		r.broadcast(ctx, actors.PeerPresence{Peer: c.Key, Present: false})
+		if !r.forwarded(c.Key) {
+			r.goneFromRegion(ctx, c.Key)
+		}
+	case 1:
+		// Back to a single connection: it receives and need not report
+		// its activity any more.
+		stats.DupClientKeys.Add(-1)
+		stats.DupClientConns.Add(-2)
+		r.setActive(ks, ks.conns[0])
+	default:
+		stats.DupClientConns.Add(-1)
+		if ks.active == cs {
+			latest := ks.conns[0]
+			for _, x := range ks.conns[1:] {
+				if x.seq > latest.seq {
+					latest = x
+				}
+			}
+			r.setActive(ks, latest)
+		}
+	}
+}
+
+// activity makes a duplicate connection that just sent a frame the one
+// that receives.
+func (r *Registry) activity(c *actors.Conn) {
+	cs, ok := r.conns[c]
+	if !ok {
+		return
+	}
+	r.seq++
+	cs.seq = r.seq
+	ks := r.keys[c.Key]
+	if len(ks.conns) > 1 && ks.active != cs {
+		r.setActive(ks, cs)
+	}
+}
+
+// setActive makes cs the key's receiving connection, raises the activity
+// flag on the others, and publishes the route.
+func (r *Registry) setActive(ks *keyState, cs *connState) {
+	ks.active = cs
+	dup := len(ks.conns) > 1
+	for _, x := range ks.conns {
+		x.conn.NoteActivity.Store(dup && x != cs)
+	}
+	r.publishRoute(cs.conn.Key, cs.conn.Sink)
+}
+
+// publishRoute writes the key's route with local sink (nil when the key
+// has no local connection), keeping any mesh forwarder.
+func (r *Registry) publishRoute(k wire.NodePublic, local actors.PacketSink) {
+	prev := r.sys.Routes.Lookup(k)
+	var fwd actors.Forwarder
+	if prev != nil {
+		fwd = prev.Forward
+	}
+	if local == nil && fwd == nil {
+		r.sys.Routes.Delete(k)
+		return
+	}
+	r.sys.Routes.Set(&actors.Route{Key: k, Local: local, Forward: fwd})
+}
+
+// forwarded reports whether a mesh peer announces the key.
+func (r *Registry) forwarded(k wire.NodePublic) bool {
+	route := r.sys.Routes.Lookup(k)
+	return route != nil && route.Forward != nil
+}
+
+// goneFromRegion tells every connection that heard from k that k is gone.
+func (r *Registry) goneFromRegion(ctx actor.Context, k wire.NodePublic) {
+	for c := range r.recipients[k] {
+		ctx.Send(c.PID, &actors.SendPeerGone{Peer: k, Reason: wire.PeerGoneDisconnected})
+		if cs := r.conns[c]; cs != nil {
+			delete(cs.heardFrom, k)
+		}
+	}
+	delete(r.recipients, k)
+}
+
+func (r *Registry) delivered(ctx actor.Context, m *actors.Delivered) {
+	cs, ok := r.conns[m.Receiver]
+	if !ok {
+		return
+	}
+	if _, here := r.keys[m.Source]; !here && !r.forwarded(m.Source) {
+		// The source left while its packet was queued: the receiver has
+		// already missed the PeerGone it would have had.
+		ctx.Send(m.Receiver.PID, &actors.SendPeerGone{Peer: m.Source, Reason: wire.PeerGoneDisconnected})
+		return
+	}
+	set := r.recipients[m.Source]
+	if set == nil {
+		set = make(map[*actors.Conn]struct{})
+		r.recipients[m.Source] = set
+	}
+	set[m.Receiver] = struct{}{}
+	if cs.heardFrom == nil {
+		cs.heardFrom = make(map[wire.NodePublic]struct{})
+	}
+	cs.heardFrom[m.Source] = struct{}{}
+}
+
+func (r *Registry) watch(ctx actor.Context, c *actors.Conn) {
+	if _, ok := r.conns[c]; !ok {
+		return
+	}
+	if c.Key == r.serverKey {
+		// Our own mesh link reached us: watching ourselves would only
+		// echo our clients back to us.
+		return
+	}
+	if _, ok := r.watchers[c]; !ok {
+		r.watchers[c] = struct{}{}
+		r.sys.Stats.Watchers.Add(1)
+	}
+	updates := make([]actors.PeerPresence, 0, len(r.keys))
+	for k, ks := range r.keys {
+		a := ks.active.conn
+		updates = append(updates, actors.PeerPresence{Peer: k, Present: true, Addr: a.Addr, Flags: a.Flags})
+	}
+	ctx.Send(c.PID, &actors.SendPeerPresence{Updates: updates})
+}
+
+func (r *Registry) broadcast(ctx actor.Context, u actors.PeerPresence) {
+	if len(r.watchers) == 0 {
+		return
+	}
+	msg := &actors.SendPeerPresence{Updates: []actors.PeerPresence{u}}
+	for w := range r.watchers {
+		ctx.Send(w.PID, msg)
+	}
+}
+
+func (r *Registry) closePeer(ctx actor.Context, m *actors.ClosePeer) {
+	ks := r.keys[m.Target]
+	if ks == nil {
+		r.log.Info().Str("target", m.Target.String()).Uint64("from_conn", m.From.ID).
+			Msg("ClosePeer for a key that is not connected")
+		return
+	}
+	r.log.Info().Str("target", m.Target.String()).Uint64("from_conn", m.From.ID).
+		Int("conns", len(ks.conns)).Msg("closing connections at a mesh peer's request")
+	for _, cs := range ks.conns {
+		ctx.Send(cs.conn.PID, &actors.CloseConn{Reason: "ClosePeer from mesh peer"})
+	}
+}
+
+func (r *Registry) state() *actors.RegistryState {
+	st := &actors.RegistryState{
+		Keys:     len(r.keys),
+		Conns:    len(r.conns),
+		Watchers: len(r.watchers),
+		Routes:   r.sys.Routes.Len(),
+	}
+	for _, ks := range r.keys {
+		if len(ks.conns) > 1 {
+			st.DupKeys++
+		}
+	}
+	return st
+}
+
+// check cross-checks the registry's maps and the RouteTable, for
+// /debug/check and for tests.
+func (r *Registry) check() []string {
+	var problems []string
+	for k, ks := range r.keys {
+		if len(ks.conns) == 0 {
+			problems = append(problems, fmt.Sprintf("key %s has no connections", k.ShortString()))
+			continue
+		}
+		if ks.active == nil || !slices.Contains(ks.conns, ks.active) {
+			problems = append(problems, fmt.Sprintf("key %s has no valid active connection", k.ShortString()))
+			continue
+		}
+		route := r.sys.Routes.Lookup(k)
+		if route == nil || route.Local != ks.active.conn.Sink {
+			problems = append(problems, fmt.Sprintf("key %s: route does not point at its active connection", k.ShortString()))
+		}
+		for _, cs := range ks.conns {
+			if r.conns[cs.conn] != cs {
+				problems = append(problems, fmt.Sprintf("conn %d of key %s is not registered", cs.conn.ID, k.ShortString()))
+			}
+			// Only the registry raises the flag and it never raises it on
+			// the active connection. (A raised flag may be cleared by the
+			// reader before its Activity message arrives, so a lowered flag
+			// on an inactive duplicate is not a fault.)
+			if cs == ks.active && cs.conn.NoteActivity.Load() {
+				problems = append(problems, fmt.Sprintf("conn %d of key %s is active but asked to report activity", cs.conn.ID, k.ShortString()))
+			}
+		}
+	}
+	r.sys.Routes.Range(func(route *actors.Route) bool {
+		if route.Local != nil {
+			if _, ok := r.keys[route.Key]; !ok {
+				problems = append(problems, fmt.Sprintf("route for %s points at a connection the registry does not have", route.Key.ShortString()))
+			}
+		}
+		return true
+	})
+	n := 0
+	for _, ks := range r.keys {
+		n += len(ks.conns)
+	}
+	if n != len(r.conns) {
+		problems = append(problems, fmt.Sprintf("%d connections by key but %d registered", n, len(r.conns)))
+	}
+	return problems
+}

@@ -1,0 +1,192 @@
+package actors
+
+import (
+	"hash/maphash"
+	"sync/atomic"
+
+	"github.com/derpd/derpd/wire"
+)
+
+// PacketSink accepts relayed packets for one destination. SendPacket takes
+// ownership of the packet (it is released whether it is written or
+// dropped) and never waits on the network: it is called from other
+// connections' read loops, which must keep reading.
+type PacketSink interface {
+	SendPacket(p *wire.Packet)
+}
+
+// Forwarder carries packets for a key that lives on a mesh peer. Like
+// PacketSink it owns the packet from the call on.
+type Forwarder interface {
+	ForwardPacket(src, dst wire.NodePublic, p *wire.Packet)
+}
+
+// Route is where packets for one key go. Routes are immutable: the registry
+// replaces a key's Route whenever its connections or forwarders change, so
+// a reader that loaded a Route sees one consistent answer.
+type Route struct {
+	Key wire.NodePublic
+
+	// Local is the key's active connection on this server, if any. Local
+	// always wins over forwarding.
+	Local PacketSink
+
+	// Forward is the mesh link used when the key is not local.
+	Forward Forwarder
+}
+
+// RouteTable maps node keys to Routes. Exactly one goroutine, the registry
+// actor, writes it; every connection's read loop looks keys up without
+// taking a lock. It is an open-addressing hash table of atomic pointers:
+// the writer publishes a new Route with one atomic store, and grows by
+// building a fresh table and swapping the table pointer, so a reader never
+// sees a half-written entry.
+//
+// Keys are hashed with a per-process random seed: node keys are chosen by
+// clients, and an unseeded hash would let one client pick keys that pile
+// onto one probe chain and slow every lookup.
+type RouteTable struct {
+	tab  atomic.Pointer[routeSlots]
+	seed maphash.Seed
+
+	// Writer-only state.
+	live, dead int // occupied slots holding routes, and tombstones
+}
+
+type routeSlots struct {
+	mask  uint64
+	slots []atomic.Pointer[Route]
+}
+
+// tombstone marks a deleted slot so probe chains that pass through it stay
+// intact. Readers treat it as "not this key, keep looking".
+var tombstone = &Route{}
+
+const minRouteSlots = 64
+
+// NewRouteTable returns an empty table.
+func NewRouteTable() *RouteTable {
+	t := &RouteTable{seed: maphash.MakeSeed()}
+	t.tab.Store(newRouteSlots(minRouteSlots))
+	return t
+}
+
+func newRouteSlots(n int) *routeSlots {
+	return &routeSlots{mask: uint64(n - 1), slots: make([]atomic.Pointer[Route], n)}
+}
+
+func (t *RouteTable) hash(k *wire.NodePublic) uint64 {
+	return maphash.Bytes(t.seed, k[:])
+}
+
+// Lookup returns the key's Route, or nil. Safe from any goroutine; it does
+// not allocate or lock.
+func (t *RouteTable) Lookup(k wire.NodePublic) *Route {
+	tab := t.tab.Load()
+	for i := t.hash(&k) & tab.mask; ; i = (i + 1) & tab.mask {
+		r := tab.slots[i].Load()
+		if r == nil {
+			return nil
+		}
+		if r != tombstone && r.Key == k {
+			return r
+		}
+	}
+}
+
+// Len reports how many keys have routes. Writer only.
+func (t *RouteTable) Len() int { return t.live }
+
+// Set publishes r as the Route for r.Key, replacing any previous one.
+// Writer only.
+func (t *RouteTable) Set(r *Route) {
+	if r == nil || r == tombstone {
+		panic("actors: RouteTable.Set of an invalid route")
+	}
+	tab := t.tab.Load()
+	free := -1
+	i := t.hash(&r.Key) & tab.mask
+	for ; ; i = (i + 1) & tab.mask {
+		cur := tab.slots[i].Load()
+		if cur == nil {
+			break
+		}
+		if cur == tombstone {
+			if free < 0 {
+				free = int(i)
+			}
+			continue
+		}
+		if cur.Key == r.Key {
+			tab.slots[i].Store(r)
+			return
+		}
+	}
+	// New key. Reuse the first tombstone on its chain, or the empty slot.
+	if free >= 0 {
+		tab.slots[free].Store(r)
+		t.dead--
+	} else {
+		tab.slots[i].Store(r)
+	}
+	t.live++
+	if 4*(t.live+t.dead) > 3*len(tab.slots) {
+		t.rebuild()
+	}
+}
+
+// Delete removes the key's Route. Writer only.
+func (t *RouteTable) Delete(k wire.NodePublic) {
+	tab := t.tab.Load()
+	for i := t.hash(&k) & tab.mask; ; i = (i + 1) & tab.mask {
+		cur := tab.slots[i].Load()
+		if cur == nil {
+			return
+		}
+		if cur != tombstone && cur.Key == k {
+			tab.slots[i].Store(tombstone)
+			t.live--
+			t.dead++
+			return
+		}
+	}
+}
+
+// Range calls f for every Route, in no particular order. Writer only (or
+// for diagnostics, where a slightly stale view is fine).
+func (t *RouteTable) Range(f func(*Route) bool) {
+	tab := t.tab.Load()
+	for i := range tab.slots {
+		if r := tab.slots[i].Load(); r != nil && r != tombstone {
+			if !f(r) {
+				return
+			}
+		}
+	}
+}
+
+// rebuild copies the live routes into a table sized for them, dropping
+// tombstones, and publishes it. The table at least doubles when mostly
+// live and shrinks when mostly empty, so churn of connecting and
+// disconnecting clients cannot grow it without bound.
+func (t *RouteTable) rebuild() {
+	n := minRouteSlots
+	for 2*t.live >= n { // keep the load under one half after rebuilding
+		n *= 2
+	}
+	old := t.tab.Load()
+	fresh := newRouteSlots(n)
+	for i := range old.slots {
+		r := old.slots[i].Load()
+		if r == nil || r == tombstone {
+			continue
+		}
+		j := t.hash(&r.Key) & fresh.mask
+		for fresh.slots[j].Load() != nil {
+			j = (j + 1) & fresh.mask
+		}
+		fresh.slots[j].Store(r)
+	}
+	t.dead = 0
+	t.tab.Store(fresh)
+}

@@ -1,0 +1,44 @@
+package wire
+
+import (
+	"crypto/rand"
+	"errors"
+
+	"golang.org/x/crypto/nacl/box"
+)
+
+// BoxOverhead is what sealing adds: a 24-byte random nonce in front of
+// NaCl box's 16-byte Poly1305 tag and the ciphertext.
+const (
+	nonceLen    = 24
+	BoxOverhead = nonceLen + box.Overhead
+)
+
+// ErrBoxOpen means a sealed message did not authenticate: wrong keys,
+// tampering, or a peer that is not who it says.
+var ErrBoxOpen = errors.New("sealed message does not open with these keys")
+
+// Seal encrypts plaintext from sender to receiver and appends
+// nonce|tag|ciphertext to dst.
+func Seal(dst, plaintext []byte, sender NodePrivate, receiver NodePublic) []byte {
+	var nonce [nonceLen]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		panic("wire: no randomness for a nonce: " + err.Error())
+	}
+	dst = append(dst, nonce[:]...)
+	return box.Seal(dst, plaintext, &nonce, (*[32]byte)(&receiver), (*[32]byte)(&sender))
+}
+
+// Open authenticates and decrypts a message sealed by sender for receiver
+// and appends the plaintext to dst.
+func Open(dst, sealed []byte, sender NodePublic, receiver NodePrivate) ([]byte, error) {
+	if len(sealed) < BoxOverhead {
+		return nil, ErrBoxOpen
+	}
+	nonce := (*[nonceLen]byte)(sealed[:nonceLen])
+	out, ok := box.Open(dst, sealed[nonceLen:], nonce, (*[32]byte)(&sender), (*[32]byte)(&receiver))
+	if !ok {
+		return nil, ErrBoxOpen
+	}
+	return out, nil
+}

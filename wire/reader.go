@@ -1,0 +1,183 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// readBufSize is the per-connection read buffer while the connection has
+// data to read. Large enough that one read system call picks up dozens of
+// 1.3 KiB packets from a busy sender; it goes back to a pool whenever the
+// connection runs dry, so idle connections hold none.
+const readBufSize = 64 << 10
+
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// ErrFrameTooLarge is returned by ReadHeader when a frame claims more than
+// the reader's limit; the stream cannot be resynchronised after that.
+var ErrFrameTooLarge = errors.New("frame length exceeds limit")
+
+// Reader decodes frames from a byte stream. It is owned by one goroutine.
+//
+// Steady-state reads do not allocate: the buffer comes from a pool, and on
+// plain TCP connections (see newRawSource) a reader that has consumed
+// everything gives its buffer back before waiting for more bytes.
+type Reader struct {
+	src      io.Reader
+	raw      *rawSource // nil unless the connection exposes its file descriptor
+	bufp     *[]byte    // pooled buffer; nil while idle
+	buf      []byte     // *bufp, or the caller's prefix before the first fill
+	r, w     int        // unread bytes are buf[r:w]
+	maxFrame uint32
+	err      error // sticky
+}
+
+// NewReader returns a Reader of conn. prefix holds bytes already read from
+// the connection (an HTTP server's buffered look-ahead, such as a
+// fast-start client's pipelined ClientInfo); they are returned first.
+// Frames claiming more than maxFrame bytes make ReadHeader fail.
+func NewReader(conn io.Reader, prefix []byte, maxFrame uint32) *Reader {
+	rd := &Reader{src: conn, maxFrame: maxFrame}
+	if len(prefix) > readBufSize {
+		// Never the case for an HTTP server's look-ahead (a few KiB), but
+		// the buffer must be able to hold the prefix, so fall back to
+		// plain reads rather than truncate it.
+		rd.src = io.MultiReader(bytes.NewReader(prefix), conn)
+		return rd
+	}
+	if len(prefix) > 0 {
+		rd.buf = prefix
+		rd.w = len(prefix)
+	}
+	rd.raw = newRawSource(conn)
+	return rd
+}
+
+// SetMaxFrame changes the largest frame ReadHeader accepts, for example
+// after the handshake, when frames may no longer be ClientInfo-sized.
+func (rd *Reader) SetMaxFrame(n uint32) { rd.maxFrame = n }
+
+// Buffered reports how many bytes are buffered and not yet consumed.
+func (rd *Reader) Buffered() int { return rd.w - rd.r }
+
+// ReadHeader reads the next frame header.
+func (rd *Reader) ReadHeader() (FrameType, uint32, error) {
+	if err := rd.fill(HeaderLen); err != nil {
+		return 0, 0, err
+	}
+	t, n := ParseHeader(rd.buf[rd.r:])
+	rd.r += HeaderLen
+	if n > rd.maxFrame {
+		rd.err = fmt.Errorf("%w: %v frame claims %d bytes, limit %d", ErrFrameTooLarge, t, n, rd.maxFrame)
+		return t, n, rd.err
+	}
+	return t, n, nil
+}
+
+// ReadFull fills p from the stream.
+func (rd *Reader) ReadFull(p []byte) error {
+	for len(p) > 0 {
+		if rd.r == rd.w {
+			// Large remainders skip the buffer: the bytes go straight
+			// into their destination with no extra copy.
+			if len(p) >= readBufSize/2 {
+				return rd.readDirect(p)
+			}
+			if err := rd.fill(1); err != nil {
+				return err
+			}
+		}
+		n := copy(p, rd.buf[rd.r:rd.w])
+		rd.r += n
+		p = p[n:]
+	}
+	return nil
+}
+
+// Discard skips n bytes, such as the body of a frame type nobody handles.
+func (rd *Reader) Discard(n int) error {
+	for n > 0 {
+		if rd.r == rd.w {
+			if err := rd.fill(1); err != nil {
+				return err
+			}
+		}
+		k := min(n, rd.w-rd.r)
+		rd.r += k
+		n -= k
+	}
+	return nil
+}
+
+// Release gives the buffer back to the pool; call it when the connection
+// is done. Buffered bytes are lost.
+func (rd *Reader) Release() {
+	rd.dropBuffer()
+	rd.buf, rd.r, rd.w = nil, 0, 0
+}
+
+func (rd *Reader) dropBuffer() {
+	if rd.bufp != nil {
+		readBufPool.Put(rd.bufp)
+		rd.bufp = nil
+	}
+}
+
+// fill makes at least n (≤ readBufSize) unread bytes available.
+func (rd *Reader) fill(n int) error {
+	if rd.err != nil {
+		return rd.err
+	}
+	for rd.w-rd.r < n {
+		if rd.bufp == nil {
+			// First fill after the prefix, or after going idle: move
+			// what is left of the old bytes into a pooled buffer.
+			bp := readBufPool.Get().(*[]byte)
+			k := copy(*bp, rd.buf[rd.r:rd.w])
+			rd.bufp, rd.buf, rd.r, rd.w = bp, *bp, 0, k
+		} else if rd.r > 0 && len(rd.buf)-rd.r < n {
+			k := copy(rd.buf, rd.buf[rd.r:rd.w])
+			rd.r, rd.w = 0, k
+		}
+		var m int
+		var err error
+		if rd.raw != nil {
+			m, err = rd.raw.read(rd)
+		} else {
+			m, err = rd.src.Read(rd.buf[rd.w:])
+		}
+		rd.w += m
+		if err != nil {
+			if rd.w-rd.r >= n {
+				break // report the error on the next fill
+			}
+			if err == io.EOF && rd.w > rd.r {
+				err = io.ErrUnexpectedEOF
+			}
+			rd.err = err
+			return err
+		}
+	}
+	return nil
+}
+
+// readDirect reads into p without buffering; the buffer is empty.
+func (rd *Reader) readDirect(p []byte) error {
+	if rd.err != nil {
+		return rd.err
+	}
+	var err error
+	if rd.raw != nil {
+		err = rd.raw.readFull(p)
+	} else {
+		_, err = io.ReadFull(rd.src, p)
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	rd.err = err
+	return err
+}
