@@ -78,6 +78,11 @@ type PeerPresence struct {
 // PeerGone frames, in order.
 type SendPeerPresence struct{ Updates []PeerPresence }
 
+// Registered tells a client actor that its connection is in the routing
+// table: only now may it send ServerInfo, because a client that has seen
+// ServerInfo tells its peers to send to it here.
+type Registered struct{}
+
 // CloseConn asks a client actor to close its connection.
 type CloseConn struct{ Reason string }
 

@@ -21,7 +21,9 @@ type clientActor struct {
 	log     zerolog.Logger
 	since   time.Time
 
+	serverInfo  []byte // sealed ServerInfo body, sent once registered
 	preferred   bool
+	done        bool // the reader ended
 	closeReason string // why the server closed the connection, if it did
 }
 
@@ -36,6 +38,11 @@ type (
 
 func (a *clientActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
+	case *actors.Registered:
+		if !a.done {
+			a.outbox.queueServerInfo(a.serverInfo)
+			a.outbox.Start()
+		}
 	case *actors.SendPeerGone:
 		a.outbox.QueuePeerGone(m.Peer, m.Reason)
 	case *actors.SendPeerPresence:
@@ -50,6 +57,7 @@ func (a *clientActor) Receive(ctx actor.Context) {
 	case *notePreferred:
 		a.setPreferred(m.preferred)
 	case *readerDone:
+		a.done = true
 		a.outbox.Close()
 		a.netConn.Close()
 		ctx.Send(a.sys.Registry, &actors.Unregister{Conn: a.conn})

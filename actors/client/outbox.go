@@ -39,6 +39,7 @@ type Outbox struct {
 	done  chan struct{} // closed by Close: the writer should stop
 
 	closed    atomic.Bool
+	started   atomic.Bool
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the writer goroutine has exited
 
@@ -183,8 +184,12 @@ func (o *Outbox) signal() {
 	}
 }
 
-// Start launches the writer goroutine.
-func (o *Outbox) Start() { go o.run() }
+// Start launches the writer goroutine, at most once.
+func (o *Outbox) Start() {
+	if o.started.CompareAndSwap(false, true) {
+		go o.run()
+	}
+}
 
 // Close stops the writer. Queued packets are counted as dropped because
 // their receiver is gone. Safe to call more than once and from any
@@ -193,6 +198,10 @@ func (o *Outbox) Close() {
 	o.closeOnce.Do(func() {
 		o.closed.Store(true)
 		close(o.done)
+		if o.started.CompareAndSwap(false, true) {
+			// No writer will run: account for what was queued here.
+			o.finish()
+		}
 	})
 }
 
@@ -202,11 +211,18 @@ func (o *Outbox) Finished() <-chan struct{} { return o.finished }
 func (o *Outbox) run() {
 	defer o.finish()
 	// Keepalives are a minute apart to spare phone batteries, with a
-	// per-connection jitter so a server restart does not synchronise
+	// per-connection jitter (up to 5 s on 60 s) so a server restart does not synchronise
 	// every client's keepalive forever after.
-	interval := o.keepAlive + rand.N(5*time.Second)
+	interval := o.keepAlive + rand.N(o.keepAlive/12+1)
 	ka := time.NewTicker(interval)
 	defer ka.Stop()
+	// Control frames queued before the start go first: that is how
+	// ServerInfo precedes every packet, even one that was routed here the
+	// instant the connection was registered (select picks among ready
+	// channels at random).
+	o.armDeadline()
+	o.writeCtrl()
+	o.flush()
 	for {
 		// Idle: hold no buffer while waiting.
 		o.w.Release()

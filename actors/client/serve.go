@@ -36,8 +36,10 @@ type Accepted struct {
 //  1. write ServerKey and flush;
 //  2. read ClientInfo, which must be the first frame;
 //  3. decide admission: mesh-key holders skip it;
-//  4. queue ServerInfo as the outbox's first frame, register with the
-//     registry (watchers hear of the client now), start the writer;
+//  4. register with the registry (watchers hear of the client now); once
+//     it confirms, the client actor starts the writer with ServerInfo as
+//     its first frame, so a client never hears ServerInfo before it can
+//     receive packets;
 //  5. read frames until the connection ends.
 //
 // Steps 1–3 run under one HandshakeTimeout deadline.
@@ -100,10 +102,9 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	if err != nil {
 		panic("client: ServerInfo: " + err.Error()) // JSON of a fixed struct
 	}
-	ob.queueServerInfo(si)
 
 	log = sys.Log.With().Uint64("conn", c.ID).Str("key", key.ShortString()).Str("addr", a.Addr.String()).Logger()
-	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, log: log, since: start}
+	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, log: log, since: start, serverInfo: si}
 	c.PID = sys.Root.SpawnPrefix(sys.Props(func() actor.Actor { return ca }), "client")
 
 	stats := sys.Stats
@@ -115,8 +116,9 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	if a.WebSocket {
 		stats.WebSocketAccepts.Add(1)
 	}
+	// The client actor starts the writer, with ServerInfo first, once the
+	// registry confirms the registration.
 	sys.Send(sys.Registry, &actors.Register{Conn: c})
-	ob.Start()
 	log.Info().Str("nodekey", key.String()).Bool("mesh", canMesh).Bool("prober", info.IsProber).
 		Bool("fast_start", a.FastStart).Bool("websocket", a.WebSocket).Bool("not_ideal", a.NotIdeal).
 		Str("app", info.AppName).Msg("client connected")

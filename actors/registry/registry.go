@@ -132,6 +132,7 @@ func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
 	// connections speaks.
 	r.setActive(ks, cs)
 	stats.ClientsLocal.Store(int64(len(r.keys)))
+	ctx.Send(c.PID, &actors.Registered{})
 	r.broadcast(ctx, actors.PeerPresence{Peer: c.Key, Present: true, Addr: c.Addr, Flags: c.Flags})
 }
 

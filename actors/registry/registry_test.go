@@ -46,14 +46,18 @@ func newHarnessWith(t *testing.T, d *actors.StepDispatcher) *harness {
 // fakeClient stands in for a client actor: it records what the registry
 // sends it.
 type fakeClient struct {
-	conn *actors.Conn
-	got  []any
-	sink *fakeSink
+	conn       *actors.Conn
+	got        []any
+	sink       *fakeSink
+	registered int // Registered confirmations, kept apart from got
 }
 
 func (f *fakeClient) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
 	case *actor.Started, *actor.Stopping, *actor.Stopped, *actor.Restarting:
+		return
+	case *actors.Registered:
+		f.registered++
 		return
 	}
 	f.got = append(f.got, ctx.Message())
@@ -154,6 +158,9 @@ func TestRegisterPublishesRouteAndUnregisterRemovesIt(t *testing.T) {
 	a := h.connect(key(1), false)
 	if got := h.activeSink(key(1)); got != a.sink {
 		t.Fatalf("route for A = %v, want A's sink", got)
+	}
+	if a.registered != 1 {
+		t.Fatalf("A was confirmed %d times, want once", a.registered)
 	}
 	if got := h.sys.Stats.ClientsLocal.Load(); got != 1 {
 		t.Fatalf("clients_local = %d, want 1", got)

@@ -1,0 +1,302 @@
+package client
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+// recorder is a stand-in registry that keeps what it is sent.
+type recorder struct{ got []any }
+
+func (r *recorder) Receive(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Started, *actor.Stopping, *actor.Stopped:
+		return
+	}
+	r.got = append(r.got, ctx.Message())
+}
+
+type outboxEnv struct {
+	d   *actors.StepDispatcher
+	sys *actors.System
+	reg *recorder
+	ob  *Outbox
+	far net.Conn // the client's end
+	rd  *wire.Reader
+}
+
+func newOutboxEnv(t *testing.T, cfg OutboxConfig) *outboxEnv {
+	d := actors.NewStepDispatcher()
+	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
+	rec := &recorder{}
+	sys.Registry = sys.Root.Spawn(sys.Props(func() actor.Actor { return rec }))
+	d.RunUntilIdle()
+	near, far := tcpPair(t)
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = time.Hour
+	}
+	ob := NewOutbox(sys, near, cfg)
+	ob.owner = &actors.Conn{ID: 1, Key: testKey(0xaa)}
+	t.Cleanup(ob.Close)
+	return &outboxEnv{d: d, sys: sys, reg: rec, ob: ob, far: far, rd: wire.NewReader(far, nil, 1<<20)}
+}
+
+func testKey(b byte) wire.NodePublic {
+	var k wire.NodePublic
+	for i := range k {
+		k[i] = b
+	}
+	return k
+}
+
+func packet(src wire.NodePublic, payload []byte) *wire.Packet {
+	p := wire.NewPacket(len(payload))
+	copy(p.Payload(), payload)
+	p.SetSource(src)
+	return p
+}
+
+func discoPayload(seq byte) []byte {
+	b := make([]byte, 80)
+	copy(b, "TS\xf0\x9f\x92\xac")
+	b[79] = seq
+	return b
+}
+
+// readFrame reads one frame from the client's end, bounded by a deadline
+// so a missing frame fails the test instead of hanging it.
+func (e *outboxEnv) readFrame(t *testing.T) (wire.FrameType, []byte) {
+	t.Helper()
+	e.far.SetReadDeadline(time.Now().Add(10 * time.Second))
+	typ, n, err := e.rd.ReadHeader()
+	if err != nil {
+		t.Fatalf("reading frame header: %v", err)
+	}
+	body := make([]byte, n)
+	if err := e.rd.ReadFull(body); err != nil {
+		t.Fatalf("reading %v body: %v", typ, err)
+	}
+	return typ, body
+}
+
+func TestOutboxWritesServerInfoFirstThenPackets(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	e.ob.queueServerInfo([]byte("sealed"))
+	e.ob.SendPacket(packet(testKey(1), []byte("hello")))
+	e.ob.Start()
+	typ, body := e.readFrame(t)
+	if typ != wire.FrameServerInfo || string(body) != "sealed" {
+		t.Fatalf("first frame %v %q, want ServerInfo", typ, body)
+	}
+	typ, body = e.readFrame(t)
+	src := testKey(1)
+	want := append(src[:], "hello"...)
+	if typ != wire.FrameRecvPacket || !bytes.Equal(body, want) {
+		t.Fatalf("second frame %v %x, want RecvPacket %x", typ, body, want)
+	}
+}
+
+func TestOutboxFullQueueDropsOldest(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	// The writer is not running yet, so the queue fills exactly.
+	for i := range 40 {
+		e.ob.SendPacket(packet(testKey(1), []byte{byte(i)}))
+	}
+	for i := range 5 {
+		e.ob.SendPacket(packet(testKey(2), discoPayload(byte(i))))
+	}
+	stats := e.sys.Stats
+	if got := stats.Dropped(actors.DropQueueHead, actors.KindOther); got != 8 {
+		t.Fatalf("queue_head drops = %d, want 8", got)
+	}
+	if got := stats.Dropped(actors.DropQueueHead, actors.KindDisco); got != 0 {
+		t.Fatalf("disco drops = %d, want 0: disco has its own queue", got)
+	}
+	e.ob.Start()
+	var data []byte
+	disco := 0
+	for range 32 + 5 {
+		typ, body := e.readFrame(t)
+		if typ != wire.FrameRecvPacket {
+			t.Fatalf("got %v, want RecvPacket", typ)
+		}
+		if wire.LooksLikeDisco(body[wire.KeyLen:]) {
+			disco++
+			continue
+		}
+		data = append(data, body[wire.KeyLen])
+	}
+	if disco != 5 {
+		t.Fatalf("delivered %d disco packets, want 5", disco)
+	}
+	for i, b := range data {
+		if int(b) != 8+i {
+			t.Fatalf("data packets delivered %v, want the newest 32 (8..39) in order", data)
+		}
+	}
+}
+
+func TestOutboxCloseCountsQueuedAsGone(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	for range 3 {
+		e.ob.SendPacket(packet(testKey(1), []byte("x")))
+	}
+	e.ob.Start()
+	e.ob.Close()
+	<-e.ob.Finished()
+	e.ob.SendPacket(packet(testKey(1), []byte("late")))
+	stats := e.sys.Stats
+	gone := stats.Dropped(actors.DropGoneDisconnected, actors.KindOther)
+	sent := stats.PacketsSent.Load()
+	// Each of the first three was either written before the writer saw
+	// the close, or dropped as gone; the late one is always gone.
+	if gone+sent != 4 || gone < 1 {
+		t.Fatalf("gone=%d sent=%d, want gone+sent=4 with the late packet gone", gone, sent)
+	}
+}
+
+func TestOutboxAnswersOnePingAtATime(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	e.ob.QueuePong([8]byte{1})
+	e.ob.QueuePong([8]byte{2}) // arrives while the first is pending: dropped
+	e.ob.Start()
+	typ, body := e.readFrame(t)
+	if typ != wire.FramePong || body[0] != 1 {
+		t.Fatalf("got %v %x, want Pong 01…", typ, body)
+	}
+	e.ob.QueuePong([8]byte{3})
+	typ, body = e.readFrame(t)
+	if typ != wire.FramePong || body[0] != 3 {
+		t.Fatalf("got %v %x, want Pong 03…", typ, body)
+	}
+	if got := e.sys.Stats.SentPong.Load(); got != 2 {
+		t.Fatalf("sent_pong = %d, want 2", got)
+	}
+}
+
+func TestOutboxReportsFirstDeliveryPerSource(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	e.ob.Start()
+	for _, src := range []byte{1, 1, 2, 1, 2} {
+		e.ob.SendPacket(packet(testKey(src), []byte("p")))
+		e.readFrame(t)
+	}
+	e.d.RunUntilIdle()
+	var sources []byte
+	for _, m := range e.reg.got {
+		d := m.(*actors.Delivered)
+		if d.Receiver != e.ob.owner {
+			t.Fatalf("Delivered names receiver %v", d.Receiver)
+		}
+		sources = append(sources, d.Source[0])
+	}
+	if string(sources) != "\x01\x02" {
+		t.Fatalf("Delivered for sources %v, want [1 2]", sources)
+	}
+
+	// Once told that source 1 is gone, a new packet from it is a new
+	// relationship and reported again.
+	e.reg.got = nil
+	e.ob.QueuePeerGone(testKey(1), wire.PeerGoneDisconnected)
+	if typ, body := e.readFrame(t); typ != wire.FramePeerGone || len(body) != 33 || body[32] != 0 {
+		t.Fatalf("got %v %x, want PeerGone(disconnected)", typ, body)
+	}
+	e.ob.SendPacket(packet(testKey(1), []byte("again")))
+	e.readFrame(t)
+	e.d.RunUntilIdle()
+	if len(e.reg.got) != 1 || e.reg.got[0].(*actors.Delivered).Source != testKey(1) {
+		t.Fatalf("after PeerGone, got %v, want one Delivered for source 1", e.reg.got)
+	}
+}
+
+func TestOutboxPresenceUpdatesInOrder(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	e.ob.Start()
+	e.ob.QueuePresence([]actors.PeerPresence{
+		{Peer: testKey(1), Present: true, Flags: wire.PeerPresentIsRegular},
+		{Peer: testKey(1), Present: false},
+	})
+	if typ, body := e.readFrame(t); typ != wire.FramePeerPresent || len(body) != wire.PeerPresentLen || body[50] != 1 {
+		t.Fatalf("got %v %x, want PeerPresent with regular flag", typ, body)
+	}
+	if typ, body := e.readFrame(t); typ != wire.FramePeerGone || body[0] != 1 {
+		t.Fatalf("got %v %x, want PeerGone for key 1", typ, body)
+	}
+}
+
+func TestOutboxSendsKeepAlives(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{KeepAlive: time.Millisecond})
+	e.ob.Start()
+	// The interval is tiny, so keepalives arrive with or without jitter;
+	// the deadline in readFrame bounds the wait.
+	if typ, body := e.readFrame(t); typ != wire.FrameKeepAlive || len(body) != 0 {
+		t.Fatalf("got %v %x, want an empty KeepAlive", typ, body)
+	}
+}
+
+func TestOutboxStalledReceiverHitsWriteDeadline(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{WriteTimeout: 50 * time.Millisecond})
+	e.ob.Start()
+	// The client never reads. Keep the queue topped up with large packets
+	// until the kernel buffers fill and a write misses its deadline.
+	big := make([]byte, wire.MaxPacketSize)
+	for i := 0; ; i++ {
+		select {
+		case <-e.ob.Finished():
+			if got := e.sys.Stats.WriteTimeouts.Load(); got != 1 {
+				t.Fatalf("write timeouts = %d, want 1", got)
+			}
+			// The writer closed the socket, so the client sees the end
+			// once it drains what was delivered.
+			e.far.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.Copy(io.Discard, e.far)
+			if err != nil && !errors.Is(err, net.ErrClosed) {
+				t.Logf("client read ended with %v", err)
+			}
+			return
+		default:
+		}
+		if i > 1_000_000 {
+			t.Fatal("writer never timed out")
+		}
+		e.ob.SendPacket(packet(testKey(1), big))
+	}
+}
