@@ -23,7 +23,7 @@ type clientActor struct {
 
 	serverInfo  []byte // sealed ServerInfo body, sent once registered
 	preferred   bool
-	done        bool // the reader ended
+	done        bool   // the reader ended
 	closeReason string // why the server closed the connection, if it did
 }
 
