@@ -1,0 +1,194 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// options are derpd's command line: upstream derper's flags with the same
+// names, meanings and defaults, so that a unit file or container written
+// for derper runs derpd unchanged, plus a few of our own (logging).
+type options struct {
+	addr            string
+	httpPort        int
+	stunPort        int
+	runSTUN         bool
+	runDERP         bool
+	configPath      string
+	dev             bool
+	printVersion    bool
+	hostname        string
+	certMode        string
+	certDir         string
+	acmeEmail       string
+	acmeEABKid      string
+	acmeEABKey      string
+	acmeIPCerts     bool
+	home            string
+	meshPSKFile     string
+	meshWith        string
+	secretsURL      string
+	secretsPrefix   string
+	secretsCacheDir string
+	bootstrapDNS    string
+	unpublishedDNS  string
+	verifyClients   bool
+	socketPath      string
+	verifyURL       string
+	verifyFailOpen  bool
+	acceptLimit     float64
+	acceptBurst     int
+	rateConfig      string
+	tcpKeepAlive    time.Duration
+	tcpUserTimeout  time.Duration
+	tcpWriteTimeout time.Duration
+	ace             bool
+
+	// derpd's own.
+	logLevel  string
+	logFormat string
+	verbose   bool
+
+	// set records which flags appeared on the command line, to tell an
+	// explicit value from a default.
+	set map[string]bool
+}
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("derpd", flag.ContinueOnError)
+	fs.StringVar(&o.addr, "a", ":443", "server HTTP/HTTPS listen address, in form \":port\", \"ip:port\", or for IPv6 \"[ip]:port\"; TLS is served when the port is 443 or -certmode=manual")
+	fs.IntVar(&o.httpPort, "http-port", 80, "port for the plain-HTTP listener when serving TLS (captive-portal checks, ACME, redirects); -1 disables it")
+	fs.IntVar(&o.stunPort, "stun-port", 3478, "UDP port of the STUN server")
+	fs.BoolVar(&o.runSTUN, "stun", true, "run a STUN server, which clients use to learn their public address")
+	fs.BoolVar(&o.runDERP, "derp", true, "relay DERP traffic on /derp; when false, /derp answers 404 and only STUN and the probes are served")
+	fs.StringVar(&o.configPath, "c", "", "config file holding the server's private key; created on first start (default /var/lib/derper/derper.key when run as root)")
+	fs.BoolVar(&o.dev, "dev", false, "development mode: plain HTTP on :3340, a fresh in-memory key, mesh key only from $TAILSCALE_DERPER_MESH_KEY")
+	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
+	fs.StringVar(&o.hostname, "hostname", "derp.tailscale.com", "TLS host name for the certificate; may be an IP address with -certmode=manual")
+	fs.StringVar(&o.certMode, "certmode", "letsencrypt", "where the TLS certificate comes from: letsencrypt, gcp or manual")
+	fs.StringVar(&o.certDir, "certdir", defaultCertDir(), "directory of the ACME certificate cache, or of <hostname>.crt and <hostname>.key with -certmode=manual")
+	fs.StringVar(&o.acmeEmail, "acme-email", "", "contact e-mail for the ACME account (required for gcp)")
+	fs.StringVar(&o.acmeEABKid, "acme-eab-kid", "", "ACME External Account Binding key id (gcp)")
+	fs.StringVar(&o.acmeEABKey, "acme-eab-key", "", "ACME External Account Binding HMAC key, base64url or standard base64 (gcp)")
+	fs.BoolVar(&o.acmeIPCerts, "acme-ip-certs", false, "obtain short-lived Let's Encrypt certificates for the server's own IP addresses")
+	fs.StringVar(&o.home, "home", "", "what / serves: empty for the default page, \"blank\" for an empty page, or an http(s) URL to redirect to")
+	fs.StringVar(&o.meshPSKFile, "mesh-psk-file", defaultMeshPSKFile(), "file holding the region's mesh pre-shared key, 64 hex digits")
+	fs.StringVar(&o.meshWith, "mesh-with", "", "comma-separated host[/dialhost] list of region peers to mesh with")
+	fs.StringVar(&o.secretsURL, "secrets-url", "", "setec server to fetch the mesh key from")
+	fs.StringVar(&o.secretsPrefix, "secrets-path-prefix", "prod/derp", "setec path prefix of the mesh key secret")
+	fs.StringVar(&o.secretsCacheDir, "secrets-cache-dir", defaultSecretsCacheDir(), "setec cache directory")
+	fs.StringVar(&o.bootstrapDNS, "bootstrap-dns-names", "", "comma-separated host names to resolve and publish at /bootstrap-dns")
+	fs.StringVar(&o.unpublishedDNS, "unpublished-bootstrap-dns-names", "", "comma-separated host names answered at /bootstrap-dns only when asked for with ?q=")
+	fs.BoolVar(&o.verifyClients, "verify-clients", false, "admit only node keys the local tailscaled knows")
+	fs.StringVar(&o.socketPath, "socket", "", "tailscaled socket for -verify-clients")
+	fs.StringVar(&o.verifyURL, "verify-client-url", "", "admission controller URL; receives a POST of {\"NodePublic\":…,\"Source\":…} and must answer {\"Allow\":true}")
+	fs.BoolVar(&o.verifyFailOpen, "verify-client-url-fail-open", true, "admit clients when the admission controller cannot be reached")
+	fs.Float64Var(&o.acceptLimit, "accept-connection-limit", math.Inf(+1), "new connections accepted per second; excess sockets are closed at once")
+	fs.IntVar(&o.acceptBurst, "accept-connection-burst", math.MaxInt, "burst of new connections allowed above -accept-connection-limit")
+	fs.StringVar(&o.rateConfig, "rate-config", "", "JSON file with per-client receive rate limits")
+	fs.DurationVar(&o.tcpKeepAlive, "tcp-keepalive-time", 10*time.Minute, "idle time before TCP keepalive probes start on accepted connections")
+	fs.DurationVar(&o.tcpUserTimeout, "tcp-user-timeout", 15*time.Second, "TCP_USER_TIMEOUT of accepted connections: how long unacknowledged data may linger before the kernel drops the peer")
+	fs.DurationVar(&o.tcpWriteTimeout, "tcp-write-timeout", 2*time.Second, "how long a write to a client may block before the client is disconnected as stalled (mesh peers get 30s); 0 disables it")
+	fs.BoolVar(&o.ace, "ace", false, "enable the experimental CONNECT proxy")
+
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.verbose, "v", false, "verbose logging (same as -log-level=debug)")
+	fs.StringVar(&o.logFormat, "log-format", "auto", "log format: json, console, or auto (console on a terminal, JSON otherwise)")
+	return fs
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{set: map[string]bool{}}
+	fs := newFlagSet(o)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	if o.dev {
+		// As upstream: dev mode always serves on :3340.
+		o.addr = ":3340"
+	}
+	return o, nil
+}
+
+// serveTLS reports whether the main listener speaks TLS: on port 443, or
+// whenever certificates are configured by hand.
+func (o *options) serveTLS() bool {
+	_, port, err := net.SplitHostPort(o.addr)
+	if err != nil {
+		return o.certMode == "manual"
+	}
+	return port == "443" || port == "https" || o.certMode == "manual"
+}
+
+// errUnsupported is returned for flags whose feature derpd does not have
+// yet. Silently ignoring them would leave an operator believing, say, that
+// clients are verified when they are not.
+var errUnsupported = errors.New("not yet supported by derpd")
+
+// checkSupported refuses flag values that ask for features derpd lacks.
+func (o *options) checkSupported() error {
+	var problems []string
+	add := func(flagName, what string) {
+		problems = append(problems, fmt.Sprintf("-%s: %s is %v", flagName, what, errUnsupported))
+	}
+	if o.serveTLS() {
+		add("a/-certmode", "serving TLS (port 443 or -certmode=manual)")
+	}
+	switch o.certMode {
+	case "letsencrypt", "gcp", "manual":
+	default:
+		problems = append(problems, fmt.Sprintf("-certmode: unknown mode %q (want letsencrypt, gcp or manual)", o.certMode))
+	}
+	if o.acmeIPCerts {
+		add("acme-ip-certs", "ACME IP certificates")
+	}
+	if o.meshWith != "" {
+		add("mesh-with", "meshing with other servers")
+	}
+	if o.secretsURL != "" {
+		add("secrets-url", "fetching the mesh key from setec")
+	}
+	if o.bootstrapDNS != "" || o.unpublishedDNS != "" {
+		add("bootstrap-dns-names", "publishing bootstrap DNS")
+	}
+	if o.verifyClients {
+		add("verify-clients", "verifying clients against the local tailscaled")
+	}
+	if o.rateConfig != "" {
+		add("rate-config", "per-client rate limiting")
+	}
+	if o.ace {
+		add("ace", "the CONNECT proxy")
+	}
+	if o.acceptBurst <= 0 {
+		problems = append(problems, "-accept-connection-burst must be positive")
+	}
+	if o.acceptLimit <= 0 {
+		problems = append(problems, "-accept-connection-limit must be positive")
+	}
+	switch o.logFormat {
+	case "auto", "json", "console":
+	default:
+		problems = append(problems, fmt.Sprintf("-log-format: unknown format %q", o.logFormat))
+	}
+	if _, _, err := net.SplitHostPort(o.addr); err != nil {
+		problems = append(problems, fmt.Sprintf("-a %q: %v", o.addr, err))
+	}
+	if o.stunPort < 0 || o.stunPort > 65535 {
+		problems = append(problems, "-stun-port "+strconv.Itoa(o.stunPort)+" is not a port")
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}

@@ -1,0 +1,283 @@
+// Command derpd is a DERP relay server: a drop-in replacement for
+// Tailscale's derper, built on actors.
+//
+// Run it for local development with
+//
+//	go run ./cmd/derpd -dev
+//
+// which serves plain HTTP on :3340 with a throwaway key.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	stdlog "log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/actors/client"
+	"github.com/derpd/derpd/actors/registry"
+	"github.com/derpd/derpd/stun"
+	"github.com/derpd/derpd/wire"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+)
+
+// shutdownGrace bounds how long a stopping server waits for connections
+// to close after it asked them to.
+const shutdownGrace = 5 * time.Second
+
+func main() {
+	opts, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "derpd:", err)
+		os.Exit(2)
+	}
+	if opts.printVersion {
+		fmt.Println(version())
+		return
+	}
+	log := newLogger(opts)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opts, log); err != nil {
+		log.Error().Err(err).Msg("derpd stopped")
+		os.Exit(1)
+	}
+}
+
+func newLogger(o *options) zerolog.Logger {
+	level, err := zerolog.ParseLevel(o.logLevel)
+	if err != nil || o.logLevel == "" {
+		level = zerolog.InfoLevel
+	}
+	if o.verbose {
+		level = zerolog.DebugLevel
+	}
+	zerolog.DurationFieldUnit = time.Millisecond
+	format := o.logFormat
+	if format == "auto" {
+		format = "json"
+		if isatty.IsTerminal(os.Stderr.Fd()) {
+			format = "console"
+		}
+	}
+	var log zerolog.Logger
+	if format == "console" {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.DateTime})
+	} else {
+		log = zerolog.New(os.Stderr)
+	}
+	return log.Level(level).With().Timestamp().Logger()
+}
+
+// server is one running derpd: its listeners, the actor system and the
+// HTTP routes.
+type server struct {
+	opts            *options
+	log             zerolog.Logger
+	sys             *actors.System
+	clientCfg       *client.Config
+	upgradeResponse []byte
+	listener        *listener
+	stun            *stun.Server
+	started         time.Time
+}
+
+func run(ctx context.Context, opts *options, log zerolog.Logger) error {
+	if err := opts.checkSupported(); err != nil {
+		return err
+	}
+	priv, meshKey, err := loadKeys(opts, log)
+	if err != nil {
+		return err
+	}
+	pub := priv.Public()
+
+	sys := actors.NewSystem(log)
+	registry.Spawn(sys, pub)
+
+	s := &server{
+		opts: opts,
+		log:  log,
+		sys:  sys,
+		clientCfg: &client.Config{
+			PrivateKey:   priv,
+			PublicKey:    pub,
+			MeshKey:      meshKey,
+			WriteTimeout: opts.tcpWriteTimeout,
+			QueueDepth:   queueDepthFromEnv(log),
+		},
+		upgradeResponse: upgradeResponse(pub),
+		started:         time.Now(),
+	}
+	if opts.verifyURL != "" {
+		s.clientCfg.Admit = (&urlAdmitter{
+			url:      opts.verifyURL,
+			failOpen: opts.verifyFailOpen,
+			http:     &http.Client{Timeout: admissionTimeout},
+			log:      log,
+		}).admit
+	}
+
+	s.listener, err = listen(opts.addr, opts.tcpKeepAlive, opts.tcpUserTimeout, opts.acceptLimit, opts.acceptBurst)
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 30 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		// DERP needs HTTP/1.1 upgrades; never negotiate HTTP/2.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     newStdLogger(log),
+	}
+
+	if opts.runSTUN {
+		host, _, _ := net.SplitHostPort(opts.addr)
+		s.stun, err = stun.Listen(net.JoinHostPort(host, strconv.Itoa(opts.stunPort)))
+		if err != nil {
+			s.listener.Close()
+			return fmt.Errorf("STUN: %w", err)
+		}
+		go s.stun.Serve()
+		log.Info().Str("addr", s.stun.LocalAddr().String()).Msg("serving STUN")
+	}
+
+	log.Info().Str("addr", s.listener.Addr().String()).Str("server_key", pub.String()).
+		Bool("derp", opts.runDERP).Bool("mesh_key", !meshKey.IsZero()).Str("version", version()).
+		Msg("serving DERP over HTTP")
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- httpSrv.Serve(s.listener) }()
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("HTTP server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info().Msg("shutting down")
+	s.shutdown(httpSrv)
+	return nil
+}
+
+// shutdown stops accepting, asks every client connection to close, and
+// waits (bounded) for them to go. Hijacked DERP connections are not the
+// HTTP server's to close, and protoactor's Shutdown stops no actor, so
+// both are done here.
+func (s *server) shutdown(httpSrv *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	httpSrv.Shutdown(ctx)
+	if s.stun != nil {
+		s.stun.Close()
+	}
+	s.sys.Send(s.sys.Registry, &actors.CloseAll{Reason: "server shutting down"})
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.sys.Stats.CurrentConns.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			s.log.Warn().Int64("conns", s.sys.Stats.CurrentConns.Load()).Msg("connections still open at exit")
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func loadKeys(opts *options, log zerolog.Logger) (wire.NodePrivate, wire.MeshKey, error) {
+	var priv wire.NodePrivate
+	var meshKey wire.MeshKey
+	if opts.dev {
+		// A fresh key every run: dev servers are never pinned.
+		priv = wire.GenerateNodePrivate()
+		if s := os.Getenv("TAILSCALE_DERPER_MESH_KEY"); s != "" {
+			k, err := wire.ParseMeshKey(s)
+			if err != nil {
+				return priv, meshKey, fmt.Errorf("TAILSCALE_DERPER_MESH_KEY: %w", err)
+			}
+			meshKey = k
+		}
+		return priv, meshKey, nil
+	}
+	path := opts.configPath
+	if path == "" {
+		if os.Getuid() != 0 {
+			return priv, meshKey, errors.New("-c <config file> is required (or use -dev)")
+		}
+		path = "/var/lib/derper/derper.key"
+	}
+	priv, created, err := loadOrCreateKey(path)
+	if err != nil {
+		return priv, meshKey, err
+	}
+	if created {
+		log.Info().Str("path", path).Msg("created a new server key")
+	}
+	meshKey, err = loadMeshKey(opts.meshPSKFile, opts.set["mesh-psk-file"])
+	if err != nil {
+		return priv, meshKey, err
+	}
+	return priv, meshKey, nil
+}
+
+// queueDepthFromEnv honours upstream's debug knob for the per-client
+// queue depth.
+func queueDepthFromEnv(log zerolog.Logger) int {
+	s := os.Getenv("TS_DEBUG_DERP_PER_CLIENT_SEND_QUEUE_DEPTH")
+	if s == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		log.Warn().Str("value", s).Msg("ignoring invalid TS_DEBUG_DERP_PER_CLIENT_SEND_QUEUE_DEPTH")
+		return 0
+	}
+	return n
+}
+
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/derp", s.serveDERP)
+	mux.HandleFunc("/derp/probe", serveProbe)
+	mux.HandleFunc("/derp/latency-check", serveProbe)
+	mux.HandleFunc("/generate_204", serveNoContent)
+	mux.HandleFunc("/robots.txt", serveRobots)
+	mux.HandleFunc("/bootstrap-dns", serveBootstrapDNS)
+	mux.Handle("/debug/", s.debugHandler())
+	mux.HandleFunc("/", s.serveHome)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodConnect {
+			serveConnect(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// newStdLogger routes net/http's own complaints (bad requests, TLS
+// handshake failures from scanners) into zerolog at debug level: they are
+// routine on a public server and would drown the lines that matter.
+func newStdLogger(log zerolog.Logger) *stdlog.Logger {
+	return stdlog.New(debugWriter{log.With().Str("component", "http").Logger()}, "", 0)
+}
+
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
