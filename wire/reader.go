@@ -87,7 +87,7 @@ func (rd *Reader) ReadFull(p []byte) error {
 				return rd.readDirect(p)
 			}
 			if err := rd.fill(1); err != nil {
-				return err
+				return midFrame(err)
 			}
 		}
 		n := copy(p, rd.buf[rd.r:rd.w])
@@ -97,12 +97,42 @@ func (rd *Reader) ReadFull(p []byte) error {
 	return nil
 }
 
+// Next returns the next n bytes (n ≤ 64 KiB) as a slice of the reader's
+// buffer, valid until the next call on the reader. Reading keys this way,
+// rather than into a caller's array with ReadFull, keeps the array from
+// escaping to the heap on every packet.
+func (rd *Reader) Next(n int) ([]byte, error) {
+	if err := rd.fill(n); err != nil {
+		return nil, midFrame(err)
+	}
+	b := rd.buf[rd.r : rd.r+n]
+	rd.r += n
+	return b, nil
+}
+
+// ReadKey reads a 32-byte key.
+func (rd *Reader) ReadKey() (NodePublic, error) {
+	b, err := rd.Next(KeyLen)
+	if err != nil {
+		return NodePublic{}, err
+	}
+	return NodePublic(b), nil
+}
+
+// midFrame reports a clean end of stream inside a frame as unexpected.
+func midFrame(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
 // Discard skips n bytes, such as the body of a frame type nobody handles.
 func (rd *Reader) Discard(n int) error {
 	for n > 0 {
 		if rd.r == rd.w {
 			if err := rd.fill(1); err != nil {
-				return err
+				return midFrame(err)
 			}
 		}
 		k := min(n, rd.w-rd.r)

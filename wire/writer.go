@@ -8,9 +8,11 @@ import (
 )
 
 // writeBufSize is the batch a writer collects before a system call: about
-// fifty 1.3 KiB packets. It is taken from a pool when there is something to
-// write and returned when the writer goes idle.
-const writeBufSize = 64 << 10
+// fifty 1.3 KiB packets, and always room for one largest frame, so that
+// even a 64 KiB packet leaves in one write with its header. It is taken
+// from a pool when there is something to write and returned when the
+// writer goes idle.
+const writeBufSize = HeaderLen + MaxForwardFrameBody
 
 var writeBufPool = sync.Pool{New: func() any { b := make([]byte, 0, writeBufSize); return &b }}
 

@@ -81,8 +81,8 @@ func (r *reader) handle(t wire.FrameType, n uint32) error {
 		if n != 1 {
 			return protoErrorf("NotePreferred of %d bytes, want 1", n)
 		}
-		var b [1]byte
-		if err := r.rd.ReadFull(b[:]); err != nil {
+		b, err := r.rd.Next(1)
+		if err != nil {
 			return err
 		}
 		r.sys.Send(r.conn.PID, &notePreferred{preferred: b[0] != 0})
@@ -90,10 +90,11 @@ func (r *reader) handle(t wire.FrameType, n uint32) error {
 		if n < wire.MinPingLen || n > wire.MaxPingLen {
 			return protoErrorf("Ping of %d bytes, want %d to %d", n, wire.MinPingLen, wire.MaxPingLen)
 		}
-		var data [wire.PingDataLen]byte
-		if err := r.rd.ReadFull(data[:]); err != nil {
+		b, err := r.rd.Next(wire.PingDataLen)
+		if err != nil {
 			return err
 		}
+		data := [wire.PingDataLen]byte(b)
 		if err := r.rd.Discard(int(n) - wire.PingDataLen); err != nil {
 			return err
 		}
@@ -114,8 +115,8 @@ func (r *reader) handle(t wire.FrameType, n uint32) error {
 		if n != wire.KeyLen {
 			return protoErrorf("ClosePeer of %d bytes, want %d", n, wire.KeyLen)
 		}
-		var target wire.NodePublic
-		if err := r.rd.ReadFull(target[:]); err != nil {
+		target, err := r.rd.ReadKey()
+		if err != nil {
 			return err
 		}
 		r.sys.Send(r.sys.Registry, &actors.ClosePeer{From: r.conn, Target: target})
@@ -133,8 +134,8 @@ func (r *reader) sendPacket(n uint32) error {
 	if n < wire.KeyLen || n > wire.MaxRecvFrameBody {
 		return protoErrorf("SendPacket of %d bytes, want %d to %d", n, wire.KeyLen, wire.MaxRecvFrameBody)
 	}
-	var dst wire.NodePublic
-	if err := r.rd.ReadFull(dst[:]); err != nil {
+	dst, err := r.rd.ReadKey()
+	if err != nil {
 		return err
 	}
 	p := wire.NewPacket(int(n) - wire.KeyLen)
@@ -163,8 +164,12 @@ func (r *reader) forwardPacket(n uint32) error {
 	if n < 2*wire.KeyLen || n > wire.MaxForwardFrameBody {
 		return protoErrorf("ForwardPacket of %d bytes, want %d to %d", n, 2*wire.KeyLen, wire.MaxForwardFrameBody)
 	}
-	var keys [2 * wire.KeyLen]byte
-	if err := r.rd.ReadFull(keys[:]); err != nil {
+	src, err := r.rd.ReadKey()
+	if err != nil {
+		return err
+	}
+	dst, err := r.rd.ReadKey()
+	if err != nil {
 		return err
 	}
 	p := wire.NewPacket(int(n) - 2*wire.KeyLen)
@@ -172,9 +177,9 @@ func (r *reader) forwardPacket(n uint32) error {
 		p.Release()
 		return err
 	}
-	p.SetSource(wire.NodePublic(keys[:wire.KeyLen]))
+	p.SetSource(src)
 	r.sys.Stats.ForwardedIn.Add(1)
-	r.route(wire.NodePublic(keys[wire.KeyLen:]), p, p.IsDisco(), true)
+	r.route(dst, p, p.IsDisco(), true)
 	return nil
 }
 
