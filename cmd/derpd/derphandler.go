@@ -33,7 +33,7 @@ func (s *server) serveDERP(w http.ResponseWriter, r *http.Request) {
 	if upgrade != "derp" && upgrade != "websocket" {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusUpgradeRequired)
-		w.Write([]byte("DERP requires connection upgrade"))
+		w.Write([]byte("DERP requires connection upgrade\n"))
 		return
 	}
 	fastStart := r.Header.Get("Derp-Fast-Start") == "1"

@@ -1,0 +1,217 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"tailscale.com/derp"
+	"tailscale.com/derp/derphttp"
+	"tailscale.com/net/netmon"
+	"tailscale.com/types/key"
+)
+
+// Wait bounds every wait in the interop tests. It is a failure deadline,
+// never a measured duration: a healthy server answers in microseconds.
+const Wait = 15 * time.Second
+
+// Client is Tailscale's DERP client connected to a test server, with a
+// goroutine that pumps everything it receives onto a channel.
+type Client struct {
+	*derphttp.Client
+	Priv key.NodePrivate
+	Pub  key.NodePublic
+
+	msgs chan derp.ReceivedMessage
+	errs chan error
+}
+
+// ClientOption adjusts the client before it connects.
+type ClientOption func(*derphttp.Client)
+
+// WithMeshKey presents the region's mesh key.
+func WithMeshKey(hexKey string) ClientOption {
+	return func(c *derphttp.Client) {
+		k, err := key.ParseDERPMesh(hexKey)
+		if err != nil {
+			panic(err)
+		}
+		c.MeshKey = k
+	}
+}
+
+// WithWatch subscribes to connection changes (needs the mesh key).
+func WithWatch() ClientOption {
+	return func(c *derphttp.Client) { c.WatchConnectionChanges = true }
+}
+
+// WithProber marks the client as a prober.
+func WithProber() ClientOption { return func(c *derphttp.Client) { c.IsProber = true } }
+
+// Connect dials srv as priv (a fresh key if zero) and waits for the
+// server's ServerInfo, which must be the first message.
+func Connect(tb testing.TB, srv *Server, priv key.NodePrivate, opts ...ClientOption) *Client {
+	tb.Helper()
+	c, err := Dial(srv.URL(), priv, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Dial is Connect without a testing.TB, for tools.
+func Dial(url string, priv key.NodePrivate, opts ...ClientOption) (*Client, error) {
+	if priv.IsZero() {
+		priv = key.NewNode()
+	}
+	dc, err := derphttp.NewClient(priv, url, func(string, ...any) {}, netmon.NewStatic())
+	if err != nil {
+		return nil, err
+	}
+	dc.SetCanAckPings(true)
+	for _, o := range opts {
+		o(dc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
+	defer cancel()
+	if err := dc.Connect(ctx); err != nil {
+		dc.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	c := &Client{Client: dc, Priv: priv, Pub: priv.Public(), msgs: make(chan derp.ReceivedMessage, 4096), errs: make(chan error, 1)}
+	go c.pump()
+	select {
+	case m := <-c.msgs:
+		if _, ok := m.(derp.ServerInfoMessage); !ok {
+			dc.Close()
+			return nil, fmt.Errorf("first message is %T, want ServerInfo", m)
+		}
+	case err := <-c.errs:
+		dc.Close()
+		return nil, fmt.Errorf("before ServerInfo: %w", err)
+	case <-time.After(Wait):
+		dc.Close()
+		return nil, errors.New("no ServerInfo")
+	}
+	return c, nil
+}
+
+// pump receives until the connection fails. derphttp reconnects on the
+// next Recv after an error; stopping here keeps a closed connection closed.
+func (c *Client) pump() {
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			c.errs <- err
+			return
+		}
+		if p, ok := m.(derp.ReceivedPacket); ok {
+			// Data aliases the client's read buffer until the next Recv.
+			p.Data = append([]byte(nil), p.Data...)
+			m = p
+		}
+		c.msgs <- m
+	}
+}
+
+// Next returns the next message other than a KeepAlive.
+func (c *Client) Next(tb testing.TB) derp.ReceivedMessage {
+	tb.Helper()
+	m, err := c.NextErr()
+	if err != nil {
+		tb.Fatalf("client %v: %v", c.Pub.ShortString(), err)
+	}
+	return m
+}
+
+// NextErr is Next for tools: it returns the connection's error instead
+// of failing.
+func (c *Client) NextErr() (derp.ReceivedMessage, error) {
+	deadline := time.After(Wait)
+	for {
+		select {
+		case m := <-c.msgs:
+			if _, ok := m.(derp.KeepAliveMessage); ok {
+				continue
+			}
+			return m, nil
+		case err := <-c.errs:
+			c.errs <- err // stay failed
+			return nil, err
+		case <-deadline:
+			return nil, errors.New("nothing received")
+		}
+	}
+}
+
+// RecvPacket returns the next message, which must be a packet.
+func (c *Client) RecvPacket(tb testing.TB) derp.ReceivedPacket {
+	tb.Helper()
+	m := c.Next(tb)
+	p, ok := m.(derp.ReceivedPacket)
+	if !ok {
+		tb.Fatalf("client %v got %T %+v, want a packet", c.Pub.ShortString(), m, m)
+	}
+	return p
+}
+
+// ExpectPacket requires the next message to be payload from src.
+func (c *Client) ExpectPacket(tb testing.TB, src key.NodePublic, payload []byte) {
+	tb.Helper()
+	p := c.RecvPacket(tb)
+	if p.Source != src {
+		tb.Fatalf("packet from %v, want %v", p.Source.ShortString(), src.ShortString())
+	}
+	if string(p.Data) != string(payload) {
+		tb.Fatalf("packet of %d bytes differs from the %d sent", len(p.Data), len(payload))
+	}
+}
+
+// ExpectPeerGone requires the next message to be PeerGone(peer, reason).
+func (c *Client) ExpectPeerGone(tb testing.TB, peer key.NodePublic, reason derp.PeerGoneReasonType) {
+	tb.Helper()
+	m := c.Next(tb)
+	pg, ok := m.(derp.PeerGoneMessage)
+	if !ok || pg.Peer != peer || pg.Reason != reason {
+		tb.Fatalf("got %T %+v, want PeerGone(%v, %v)", m, m, peer.ShortString(), reason)
+	}
+}
+
+// Sync proves that nothing else is pending: it pings the server and
+// requires the pong to be the next message. Anything the server queued
+// for this client before answering the ping arrives first and fails the
+// test, which is how absence is tested without waiting.
+func (c *Client) Sync(tb testing.TB) {
+	tb.Helper()
+	var data [8]byte
+	copy(data[:], "sync-pin")
+	if err := c.SendPing(data); err != nil {
+		tb.Fatal(err)
+	}
+	m := c.Next(tb)
+	if pong, ok := m.(derp.PongMessage); !ok || pong != derp.PongMessage(data) {
+		tb.Fatalf("client %v got %T %+v before its pong", c.Pub.ShortString(), m, m)
+	}
+}
+
+// ExpectClosed waits for the server to close the connection.
+func (c *Client) ExpectClosed(tb testing.TB) {
+	tb.Helper()
+	deadline := time.After(Wait)
+	for {
+		select {
+		case <-c.msgs:
+		case err := <-c.errs:
+			c.errs <- err
+			return
+		case <-deadline:
+			tb.Fatalf("client %v: server did not close the connection", c.Pub.ShortString())
+		}
+	}
+}
+
+// NewKey returns a public key nobody holds the private half of.
+func NewKey() key.NodePublic { return key.NewNode().Public() }

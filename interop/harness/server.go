@@ -1,0 +1,336 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"tailscale.com/types/key"
+)
+
+// Kind names a server implementation.
+type Kind string
+
+const (
+	Derpd  Kind = "derpd"
+	Derper Kind = "derper" // upstream, tailscale.com/cmd/derper at the pinned version
+)
+
+// TargetFromEnv is the server the interop tests drive: $DERPD_INTEROP_TARGET,
+// derpd unless it says derper. Running the suite against upstream proves
+// the tests encode upstream's behaviour, not just ours.
+func TargetFromEnv() Kind {
+	if Kind(os.Getenv("DERPD_INTEROP_TARGET")) == Derper {
+		return Derper
+	}
+	return Derpd
+}
+
+var (
+	buildMu   sync.Mutex
+	built     = map[Kind]string{}
+	buildDir  string
+	buildOnce sync.Once
+)
+
+// ModuleDir is the interop module's directory.
+func ModuleDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// Binary builds (once per process) and returns the path of kind's server.
+func Binary(kind Kind) (string, error) {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[kind]; ok {
+		return p, nil
+	}
+	var err error
+	buildOnce.Do(func() { buildDir, err = os.MkdirTemp("", "derpd-interop-bin") })
+	if err != nil {
+		return "", err
+	}
+	pkg := map[Kind]string{Derpd: "github.com/derpd/derpd/cmd/derpd", Derper: "tailscale.com/cmd/derper"}[kind]
+	if pkg == "" {
+		return "", fmt.Errorf("unknown server kind %q", kind)
+	}
+	out := filepath.Join(buildDir, string(kind))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = ModuleDir()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building %s: %v\n%s", pkg, err, b)
+	}
+	built[kind] = out
+	return out, nil
+}
+
+// Options are what a test may vary about a server.
+type Options struct {
+	Kind      Kind     // zero: TargetFromEnv
+	MeshKey   string   // 64 hex digits written to a PSK file; empty: none
+	VerifyURL string   // -verify-client-url
+	Args      []string // extra flags
+	Env       []string // extra environment
+	KeyFile   string   // reuse this key file (for restart tests); empty: fresh
+}
+
+// Server is a running server process.
+type Server struct {
+	Kind    Kind
+	Opts    Options
+	addr    string
+	keyFile string
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	exited  chan struct{}
+	exitErr error
+}
+
+// syncBuffer collects process output from two pipes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Start launches a server on a free loopback port, plain HTTP, STUN off,
+// and waits until it answers its probe. The process is stopped when the
+// test ends; its output is logged if the test failed.
+func Start(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	s, err := Launch(opts, tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		s.Stop()
+		if tb.Failed() {
+			tb.Logf("%s output:\n%s", s.Kind, s.Output())
+		}
+	})
+	return s
+}
+
+// Launch is Start without a testing.TB, for tools. dir holds the key file
+// and PSK file.
+func Launch(opts Options, dir string) (*Server, error) {
+	if opts.Kind == "" {
+		opts.Kind = TargetFromEnv()
+	}
+	bin, err := Binary(opts.Kind)
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Kind: opts.Kind, Opts: opts, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: &syncBuffer{}, exited: make(chan struct{})}
+	s.keyFile = opts.KeyFile
+	if s.keyFile == "" {
+		s.keyFile = filepath.Join(dir, "derper.key")
+	}
+	args := []string{"-a", s.addr, "-c", s.keyFile, "-stun=false", "-http-port=-1"}
+	if opts.MeshKey != "" {
+		psk := filepath.Join(dir, "mesh.key")
+		if err := os.WriteFile(psk, []byte(opts.MeshKey+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		args = append(args, "-mesh-psk-file", psk)
+	}
+	if opts.VerifyURL != "" {
+		args = append(args, "-verify-client-url", opts.VerifyURL)
+	}
+	args = append(args, opts.Args...)
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	s.cmd.Env = append(os.Environ(), opts.Env...)
+	if opts.Kind == Derpd {
+		s.cmd.Env = append(s.cmd.Env, "NO_COLOR=1")
+	}
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		s.exitErr = s.cmd.Wait()
+		close(s.exited)
+	}()
+	if err := s.waitReady(30 * time.Second); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("%s did not start: %v\n%s", opts.Kind, err, s.Output())
+	}
+	return s, nil
+}
+
+func (s *Server) waitReady(limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		select {
+		case <-s.exited:
+			return fmt.Errorf("exited: %v", s.exitErr)
+		default:
+		}
+		res, err := http.Head("http://" + s.addr + "/derp/probe")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("no answer on /derp/probe")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop terminates the server: SIGTERM, then SIGKILL if it lingers.
+func (s *Server) Stop() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+// Exited is closed when the process has ended; ExitErr says how.
+func (s *Server) Exited() <-chan struct{} { return s.exited }
+func (s *Server) ExitErr() error          { return s.exitErr }
+
+func (s *Server) Addr() string         { return s.addr }
+func (s *Server) URL() string          { return "http://" + s.addr + "/derp" }
+func (s *Server) Output() string       { return s.out.String() }
+func (s *Server) Process() *os.Process { return s.cmd.Process }
+func (s *Server) KeyFile() string      { return s.keyFile }
+
+// PublicKey is the server's key, derived from its key file.
+func (s *Server) PublicKey() (key.NodePublic, error) {
+	b, err := os.ReadFile(s.keyFile)
+	if err != nil {
+		return key.NodePublic{}, err
+	}
+	var kf struct{ PrivateKey key.NodePrivate }
+	if err := json.Unmarshal(b, &kf); err != nil {
+		return key.NodePublic{}, err
+	}
+	return kf.PrivateKey.Public(), nil
+}
+
+// Metrics fetches /debug/varz and returns every series by name, labels
+// sorted so either server's label order matches.
+func (s *Server) Metrics() (map[string]float64, error) {
+	res, err := http.Get("http://" + s.addr + "/debug/varz")
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		return nil, fmt.Errorf("/debug/varz: %s", res.Status)
+	}
+	return ParseMetrics(res.Body)
+}
+
+// Metric returns one series; a missing series fails the test.
+func (s *Server) Metric(tb testing.TB, name string) float64 {
+	tb.Helper()
+	m, err := s.Metrics()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v, ok := m[NormalizeSeries(name)]
+	if !ok {
+		tb.Fatalf("metric %s not exported by %s", name, s.Kind)
+	}
+	return v
+}
+
+// ParseMetrics reads the Prometheus text format.
+func ParseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		out[NormalizeSeries(line[:i])] = v
+	}
+	return out, sc.Err()
+}
+
+// NormalizeSeries sorts a series' labels.
+func NormalizeSeries(s string) string {
+	open := strings.IndexByte(s, '{')
+	if open < 0 || !strings.HasSuffix(s, "}") {
+		return s
+	}
+	labels := strings.Split(s[open+1:len(s)-1], ",")
+	sort.Strings(labels)
+	return s[:open] + "{" + strings.Join(labels, ",") + "}"
+}
+
+// MeshKeyHex returns a fresh random mesh key in file form.
+func MeshKeyHex() string {
+	k := key.NewNode() // any 32 random bytes will do
+	b, _ := k.MarshalText()
+	raw := strings.TrimPrefix(string(b), "privkey:")
+	if _, err := hex.DecodeString(raw); err != nil {
+		panic(err)
+	}
+	return raw
+}
