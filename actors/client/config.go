@@ -45,6 +45,10 @@ const (
 	notHereRate  = time.Second
 	notHereBurst = 3
 
+	// activityWait bounds how long a duplicate connection's reader waits
+	// for the registry to make it the active one.
+	activityWait = 5 * time.Second
+
 	// homeMoveGrace: NotePreferred changes within this long of connecting
 	// are the client settling on its home, not moving it.
 	homeMoveGrace = 5 * time.Second

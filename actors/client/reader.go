@@ -63,12 +63,22 @@ func (r *reader) run() error {
 			r.now = time.Now().UnixNano()
 		}
 		if r.conn.NoteActivity.Load() && r.conn.NoteActivity.CompareAndSwap(true, false) {
-			r.sys.Send(r.sys.Registry, &actors.Activity{Conn: r.conn})
+			r.noteActivity()
 		}
 		if err := r.handle(t, n); err != nil {
 			return err
 		}
 	}
+}
+
+// noteActivity makes this connection, one of several for its key, the one
+// that receives. It waits for the registry to apply the switch, so that
+// everything the client sees after this frame (the pong to a ping, say)
+// already reflects it, as with upstream. Only duplicate connections ever
+// get here, and only when they change roles.
+func (r *reader) noteActivity() {
+	f := r.sys.Root.RequestFuture(r.sys.Registry, &actors.Activity{Conn: r.conn}, activityWait)
+	f.Wait() // a timeout only means the registry is overloaded; go on
 }
 
 func (r *reader) handle(t wire.FrameType, n uint32) error {

@@ -84,6 +84,9 @@ func (r *Registry) Receive(ctx actor.Context) {
 		r.unregister(ctx, m.Conn)
 	case *actors.Activity:
 		r.activity(m.Conn)
+		if ctx.Sender() != nil {
+			ctx.Respond(m) // the reader waits for this, see client.reader
+		}
 	case *actors.WatchConns:
 		r.watch(ctx, m.Conn)
 	case *actors.ClosePeer:

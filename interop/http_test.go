@@ -1,0 +1,199 @@
+package interop
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/derpd/derpd/interop/harness"
+	"tailscale.com/derp"
+	"tailscale.com/types/key"
+)
+
+func get(t *testing.T, method, url string, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, string(b)
+}
+
+// §9.27, §9.28, §9.30, §9.31: the plain HTTP endpoints.
+func TestHTTPEndpoints(t *testing.T) {
+	srv := start(t, harness.Options{})
+	base := "http://" + srv.Addr()
+	for _, path := range []string{"/derp/probe", "/derp/latency-check"} {
+		for _, m := range []string{"GET", "HEAD"} {
+			res, _ := get(t, m, base+path, nil)
+			if res.StatusCode != 200 || res.Header.Get("Access-Control-Allow-Origin") != "*" {
+				t.Errorf("%s %s: %d, CORS %q", m, path, res.StatusCode, res.Header.Get("Access-Control-Allow-Origin"))
+			}
+		}
+		if res, _ := get(t, "POST", base+path, nil); res.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("POST %s: %d, want 405", path, res.StatusCode)
+		}
+	}
+	for challenge, want := range map[string]string{
+		"ts_1.2.3.4":            "response ts_1.2.3.4",
+		strings.Repeat("a", 65): "",
+		"has space":             "",
+	} {
+		res, _ := get(t, "GET", base+"/generate_204", map[string]string{"X-Tailscale-Challenge": challenge})
+		if res.StatusCode != 204 || res.Header.Get("X-Tailscale-Response") != want {
+			t.Errorf("challenge %q: %d %q, want 204 %q", challenge, res.StatusCode, res.Header.Get("X-Tailscale-Response"), want)
+		}
+		if cc := res.Header.Get("Cache-Control"); cc != "no-cache, no-store, must-revalidate, no-transform, max-age=0" {
+			t.Errorf("Cache-Control %q", cc)
+		}
+	}
+	if res, body := get(t, "GET", base+"/robots.txt", nil); res.StatusCode != 200 || body != "User-agent: *\nDisallow: /\n" {
+		t.Errorf("robots.txt: %d %q", res.StatusCode, body)
+	}
+	if res, _ := get(t, "GET", base+"/debug/", nil); res.StatusCode != 200 {
+		t.Errorf("/debug/ from loopback: %d", res.StatusCode)
+	}
+	if res, _ := get(t, "GET", base+"/debug/", map[string]string{"X-Forwarded-For": "192.0.2.1"}); res.StatusCode != 403 {
+		t.Errorf("/debug/ through a proxy: %d, want 403", res.StatusCode)
+	}
+	if res, body := get(t, "GET", base+"/anything/else", nil); res.StatusCode != 200 || !strings.Contains(body, "DERP") {
+		t.Errorf("home page: %d", res.StatusCode)
+	}
+}
+
+// §9.33: the key file is created private and reused across restarts.
+func TestKeyFileCreatedAndReused(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "state", "derper.key")
+	first := start(t, harness.Options{KeyFile: keyFile})
+	k1 := serverKey(t, first)
+	fi, err := os.Stat(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	var kf map[string]string
+	b, _ := os.ReadFile(keyFile)
+	if err := json.Unmarshal(b, &kf); err != nil || !strings.HasPrefix(kf["PrivateKey"], "privkey:") {
+		t.Fatalf("key file content %q", b)
+	}
+	c := connect(t, first)
+	if c.ServerPublicKey() != k1 {
+		t.Fatal("served key differs from the key file")
+	}
+	first.Stop()
+	second := start(t, harness.Options{KeyFile: keyFile})
+	if c := connect(t, second); c.ServerPublicKey() != k1 {
+		t.Fatalf("restarted server has key %v, want %v", c.ServerPublicKey(), k1)
+	}
+}
+
+// §9.34: a PSK file with surrounding whitespace works; 63 or 65 digits
+// stop the server at start-up.
+func TestMeshKeyFileFormat(t *testing.T) {
+	mk := harness.MeshKeyHex()
+	dir := t.TempDir()
+	padded := filepath.Join(dir, "padded.key")
+	os.WriteFile(padded, []byte("\n  "+mk+"  \n\n"), 0o600)
+	srv := start(t, harness.Options{Args: []string{"-mesh-psk-file", padded}})
+	w := connect(t, srv, harness.WithMeshKey(mk), harness.WithWatch())
+	if _, ok := w.Next(t).(derp.PeerPresentMessage); !ok {
+		t.Fatal("whitespace-padded mesh key not accepted")
+	}
+	bin, err := harness.Binary(srv.Kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"63": mk[:63], "65": mk + "0"} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content+"\n"), 0o600)
+		cmd := exec.Command(bin, "-a", "127.0.0.1:0", "-c", filepath.Join(dir, "k"+name), "-stun=false", "-http-port=-1", "-mesh-psk-file", p)
+		done := make(chan error, 1)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s hex digits: server exited 0", name)
+			}
+		case <-time.After(harness.Wait):
+			cmd.Process.Kill()
+			t.Errorf("%s hex digits: server kept running", name)
+		}
+	}
+}
+
+// WebSocket transport, as browsers (and Tailscale clients built with
+// TS_DEBUG_DERP_WS_CLIENT) use it. Messages are limited to 32 KiB on both
+// sides (the WebSocket library's default read limit), so a WebSocket
+// sender keeps its packets below that; a WebSocket receiver must still
+// get 64 KiB packets from others, which the server splits into messages.
+func TestWebSocket(t *testing.T) {
+	if !wsClientCompiled {
+		t.Fatal("Tailscale's WebSocket client is not compiled in: run with -tags ts_debug_websockets (make test does)")
+	}
+	srv := start(t, harness.Options{})
+	plain := connect(t, srv)
+	t.Setenv("TS_DEBUG_DERP_WS_CLIENT", "1")
+	a, b := connect(t, srv), connect(t, srv)
+	for _, size := range []int{1, 1280, 16 << 10} {
+		payload := make([]byte, size)
+		payload[size-1] = byte(size)
+		if err := a.Send(b.Pub, payload); err != nil {
+			t.Fatal(err)
+		}
+		b.ExpectPacket(t, a.Pub, payload)
+	}
+	if n := srv.Metric(t, "derp_websocket_accepts"); n != 2 {
+		t.Fatalf("websocket accepts = %v, want 2", n)
+	}
+	if srv.Kind == harness.Derpd {
+		big := make([]byte, 64<<10)
+		big[len(big)-1] = 0x42
+		if err := plain.Send(b.Pub, big); err != nil {
+			t.Fatal(err)
+		}
+		b.ExpectPacket(t, plain.Pub, big)
+	}
+}
+
+// §9.23: a keepalive within 65 s of idle. It takes a minute, so it runs
+// only with DERPD_INTEROP_LONG=1.
+func TestKeepAlive(t *testing.T) {
+	if os.Getenv("DERPD_INTEROP_LONG") == "" {
+		t.Skip("takes over a minute; set DERPD_INTEROP_LONG=1")
+	}
+	srv := start(t, harness.Options{})
+	c := harness.Connect(t, srv, key.NewNode())
+	deadline := time.After(65 * time.Second)
+	for {
+		select {
+		case <-deadline:
+			t.Fatal("no keepalive within 65 s")
+		default:
+		}
+		m, err := c.Client.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m.(derp.KeepAliveMessage); ok {
+			return
+		}
+	}
+}
