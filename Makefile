@@ -1,16 +1,22 @@
 # The one test command (README, CI): every package of the main module with
 # the race detector, then the interop suite that drives derpd with
 # Tailscale's own client library.
-.PHONY: test test-main test-interop fuzz bench
+.PHONY: test test-main test-interop test-interop-upstream fuzz bench
 
-test: test-main test-interop
+test: test-main test-interop test-interop-upstream
 
 test-main:
 	go vet ./...
 	go test -race -count=1 ./...
 
+INTEROP_TAGS = -tags ts_debug_websockets  # compiles in Tailscale's WebSocket client
 test-interop:
-	cd interop && go vet -tags ts_debug_websockets ./... && go test -tags ts_debug_websockets -race -count=1 ./...
+	cd interop && go vet $(INTEROP_TAGS) ./... && go test $(INTEROP_TAGS) -race -count=1 ./...
+
+# The same suite against upstream derper: proof that the tests encode
+# upstream's behaviour, not just ours.
+test-interop-upstream:
+	cd interop && DERPD_INTEROP_TARGET=derper go test $(INTEROP_TAGS) -count=1 ./...
 
 # Longer fuzzing than the seed corpora that `make test` runs.
 FUZZTIME ?= 30s

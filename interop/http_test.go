@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -194,6 +195,27 @@ func TestKeepAlive(t *testing.T) {
 		}
 		if _, ok := m.(derp.KeepAliveMessage); ok {
 			return
+		}
+	}
+}
+
+// SIGTERM stops the server promptly and closes relay connections.
+func TestSIGTERMShutsDown(t *testing.T) {
+	srv := start(t, harness.Options{})
+	c := connect(t, srv)
+	srv.Process().Signal(syscall.SIGTERM)
+	select {
+	case <-srv.Exited():
+	case <-time.After(harness.Wait):
+		t.Fatal("server still running after SIGTERM")
+	}
+	c.ExpectClosed(t)
+	if srv.Kind == harness.Derpd {
+		if err := srv.ExitErr(); err != nil {
+			t.Fatalf("derpd exited with %v after SIGTERM, want status 0", err)
+		}
+		if !strings.Contains(srv.Output(), "shutting down") {
+			t.Fatal("no shutdown log line")
 		}
 	}
 }
