@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/derpd/derpd/wire"
+)
+
+// rawClient is a lean DERP client: the handshake, then either a sender
+// writing prebuilt SendPacket frames or a receiver counting RecvPacket
+// frames. It exists so that the load generator costs far less CPU than
+// the server it loads (Tailscale's client library would be the bottleneck).
+type rawClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+	priv wire.NodePrivate
+	pub  wire.NodePublic
+}
+
+// dialRaw connects to addr and completes the DERP handshake.
+func dialRaw(addr string) (*rawClient, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	priv := wire.GenerateNodePrivate()
+	rc := &rawClient{conn: c, br: bufio.NewReaderSize(c, 64<<10), priv: priv, pub: priv.Public()}
+	if err := rc.handshake(addr); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return rc, nil
+}
+
+func (rc *rawClient) handshake(addr string) error {
+	if _, err := io.WriteString(rc.conn, "GET /derp HTTP/1.1\r\nHost: "+addr+"\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+		return err
+	}
+	res, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("upgrade: %s", res.Status)
+	}
+	typ, body, err := rc.readFrame()
+	if err != nil {
+		return err
+	}
+	if typ != wire.FrameServerKey {
+		return fmt.Errorf("first frame %v", typ)
+	}
+	server, err := wire.ParseServerKey(body)
+	if err != nil {
+		return err
+	}
+	ci, err := wire.AppendClientInfo(nil, rc.priv, server, wire.ClientInfo{Version: 2, CanAckPings: true})
+	if err != nil {
+		return err
+	}
+	if _, err := rc.conn.Write(append(wire.AppendHeader(nil, wire.FrameClientInfo, uint32(len(ci))), ci...)); err != nil {
+		return err
+	}
+	for {
+		typ, body, err := rc.readFrame()
+		if err != nil {
+			return err
+		}
+		if typ == wire.FrameServerInfo {
+			_, err := wire.ParseServerInfo(body, server, rc.priv)
+			return err
+		}
+	}
+}
+
+func (rc *rawClient) readFrame() (wire.FrameType, []byte, error) {
+	var hdr [wire.HeaderLen]byte
+	if _, err := io.ReadFull(rc.br, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	typ, n := wire.ParseHeader(hdr[:])
+	if n > 1<<20 {
+		return 0, nil, errors.New("frame too large")
+	}
+	body := make([]byte, n)
+	_, err := io.ReadFull(rc.br, body)
+	return typ, body, err
+}
+
+func (rc *rawClient) Close() { rc.conn.Close() }
+
+// receive counts RecvPacket frames until the connection ends, skipping
+// their bodies without copying them out of the read buffer.
+func (rc *rawClient) receive(packets, bytes *atomic.Int64) {
+	var hdr [wire.HeaderLen]byte
+	for {
+		if _, err := io.ReadFull(rc.br, hdr[:]); err != nil {
+			return
+		}
+		typ, n := wire.ParseHeader(hdr[:])
+		if _, err := rc.br.Discard(int(n)); err != nil {
+			return
+		}
+		if typ == wire.FrameRecvPacket {
+			packets.Add(1)
+			bytes.Add(int64(n) - wire.KeyLen)
+		}
+	}
+}
+
+// sendPattern builds one batch of frames: for each destination in
+// pattern, a SendPacket with size bytes of payload.
+func sendPattern(pattern []wire.NodePublic, size int) []byte {
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	var out []byte
+	for _, dst := range pattern {
+		out = wire.AppendHeader(out, wire.FrameSendPacket, uint32(wire.KeyLen+size))
+		out = append(out, dst[:]...)
+		out = append(out, payload...)
+	}
+	return out
+}
+
+// sender writes a repeating pattern of frames at a target rate (packets
+// per second; 0 means as fast as the socket takes them) until stop.
+type sender struct {
+	rc      *rawClient
+	pattern []byte // frames for perPattern packets
+	per     int    // packets in pattern
+	rate    float64
+	sent    atomic.Int64 // packets written
+}
+
+// maxBacklog bounds how far a paced sender catches up after being held
+// back: a relay that pushed back for a second does not get a second's
+// worth of packets in one burst.
+const maxBacklog = 20 * time.Millisecond
+
+func (s *sender) run(stop <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	if s.rate <= 0 {
+		// Unpaced: several patterns per write, as fast as possible.
+		batch := make([]byte, 0, 64<<10)
+		n := 0
+		for len(batch)+len(s.pattern) <= cap(batch) || n == 0 {
+			batch = append(batch, s.pattern...)
+			n += s.per
+		}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := s.rc.conn.Write(batch); err != nil {
+				return
+			}
+			s.sent.Add(int64(n))
+		}
+	}
+	// One buffer big enough for the largest catch-up, sliced per tick.
+	maxReps := int(s.rate*maxBacklog.Seconds()/float64(s.per)) + 2
+	big := make([]byte, 0, maxReps*len(s.pattern))
+	for range maxReps {
+		big = append(big, s.pattern...)
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	var done float64 // packets written so far, in pattern units of per
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			elapsed := now.Sub(start)
+			due := s.rate * elapsed.Seconds()
+			if behind := due - done; behind > s.rate*maxBacklog.Seconds() {
+				done = due - s.rate*maxBacklog.Seconds()
+			}
+			reps := min(int((due-done)/float64(s.per)), maxReps)
+			if reps <= 0 {
+				continue
+			}
+			// A relay that pushes back blocks this write; the time lost
+			// shows up as packets never offered, counted undelivered.
+			if _, err := s.rc.conn.Write(big[:reps*len(s.pattern)]); err != nil {
+				return
+			}
+			done += float64(reps * s.per)
+			s.sent.Add(int64(reps * s.per))
+		}
+	}
+}
+
+// loadSpec describes a relay load: pairs of sender → receiver, plus
+// optionally one stalled receiver every sender sends a share to.
+type loadSpec struct {
+	pairs      int
+	rate       float64 // total packets per second over all senders; 0 = unpaced
+	size       int
+	stalledPer int // if > 0, every stalledPer-th packet goes to a receiver that never reads
+}
+
+// load is a running loadSpec.
+type load struct {
+	spec      loadSpec
+	senders   []*sender
+	receivers []*rawClient
+	stalled   *rawClient
+	packets   atomic.Int64 // delivered to healthy receivers
+	bytes     atomic.Int64
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	rwg       sync.WaitGroup
+}
+
+func startLoad(addr string, spec loadSpec) (*load, error) {
+	l := &load{spec: spec, stop: make(chan struct{})}
+	var err error
+	if spec.stalledPer > 0 {
+		if l.stalled, err = dialRaw(addr); err != nil {
+			return nil, err
+		}
+		if tc, ok := l.stalled.conn.(*net.TCPConn); ok {
+			tc.SetReadBuffer(4096)
+		}
+	}
+	for range spec.pairs {
+		snd, err := dialRaw(addr)
+		if err != nil {
+			l.close()
+			return nil, err
+		}
+		rcv, err := dialRaw(addr)
+		if err != nil {
+			snd.Close()
+			l.close()
+			return nil, err
+		}
+		pattern := []wire.NodePublic{rcv.pub}
+		if spec.stalledPer > 0 {
+			pattern = nil
+			for i := range spec.stalledPer {
+				if i == spec.stalledPer-1 {
+					pattern = append(pattern, l.stalled.pub)
+				} else {
+					pattern = append(pattern, rcv.pub)
+				}
+			}
+		}
+		s := &sender{rc: snd, pattern: sendPattern(pattern, spec.size), per: len(pattern)}
+		if spec.rate > 0 {
+			s.rate = spec.rate / float64(spec.pairs)
+		}
+		l.senders = append(l.senders, s)
+		l.receivers = append(l.receivers, rcv)
+	}
+	for _, r := range l.receivers {
+		l.rwg.Add(1)
+		go func() {
+			defer l.rwg.Done()
+			r.receive(&l.packets, &l.bytes)
+		}()
+	}
+	// Let every receiver's registration settle before traffic starts.
+	time.Sleep(100 * time.Millisecond)
+	for _, s := range l.senders {
+		l.wg.Add(1)
+		go s.run(l.stop, &l.wg)
+	}
+	return l, nil
+}
+
+func (l *load) sent() int64 {
+	var n int64
+	for _, s := range l.senders {
+		n += s.sent.Load()
+	}
+	return n
+}
+
+func (l *load) close() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	for _, s := range l.senders {
+		s.rc.Close()
+	}
+	l.wg.Wait()
+	for _, r := range l.receivers {
+		r.Close()
+	}
+	if l.stalled != nil {
+		l.stalled.Close()
+	}
+	l.rwg.Wait()
+}
+

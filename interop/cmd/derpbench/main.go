@@ -1,0 +1,358 @@
+// Command derpbench measures derpd and upstream derper side by side: it
+// builds both from this module, starts them with the same flags on
+// loopback, drives them alternately with the same loads, and prints one
+// table of figures with their ratio. Raw runs are written as JSON and the
+// curves as PNG plots.
+//
+//	cd interop && go run ./cmd/derpbench            # full run, ~15 minutes
+//	cd interop && go run ./cmd/derpbench -quick     # smoke run, ~2 minutes
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/derpd/derpd/interop/harness"
+)
+
+var selfPID = os.Getpid()
+
+// run is one measurement of one server.
+type run struct {
+	Scenario string
+	Server   harness.Kind
+	Round    int
+	Params   metrics
+	Metrics  metrics
+	Err      string `json:",omitempty"`
+}
+
+type bench struct {
+	rounds  int
+	quick   bool
+	size    int
+	only    map[string]bool
+	outDir  string
+	runs    []run
+	servers []harness.Kind
+}
+
+func main() {
+	var (
+		rounds = flag.Int("rounds", 3, "measurements per point and server (medians are reported)")
+		quick  = flag.Bool("quick", false, "small, fast run: one round, fewer points")
+		size   = flag.Int("size", 1280, "packet payload bytes")
+		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,handshakes,scaling")
+		out    = flag.String("out", filepath.Join(harness.ModuleDir(), "bench-out"), "directory for JSON and plots")
+	)
+	flag.Parse()
+	raiseFileLimit()
+	b := &bench{rounds: *rounds, quick: *quick, size: *size, outDir: *out, servers: []harness.Kind{harness.Derpd, harness.Derper}}
+	if b.quick {
+		b.rounds = 1
+		window = time.Second
+	}
+	if *only != "" {
+		b.only = map[string]bool{}
+		for _, s := range strings.Split(*only, ",") {
+			b.only[strings.TrimSpace(s)] = true
+		}
+	}
+	if err := os.MkdirAll(b.outDir, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	for _, k := range b.servers {
+		if _, err := harness.Binary(k); err != nil {
+			log.Fatal(err)
+		}
+	}
+	start := time.Now()
+	b.all()
+	b.save()
+	tab := b.table()
+	fmt.Print(tab)
+	os.WriteFile(filepath.Join(b.outDir, "table.md"), []byte(tab), 0o644)
+	if err := b.plots(); err != nil {
+		log.Printf("plots: %v", err)
+	}
+	log.Printf("done in %v; raw runs in %s", time.Since(start).Round(time.Second), b.outDir)
+}
+
+// raiseFileLimit lifts the open-file limit to its hard maximum, for this
+// process and the servers it starts (10,000+ connections).
+func raiseFileLimit() {
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) == nil {
+		r.Cur = r.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
+}
+
+func (b *bench) want(s string) bool { return b.only == nil || b.only[s] }
+
+// withServers starts a fresh pair of servers, same flags, runs f, stops
+// them. A fresh start per scenario keeps one scenario's leftovers (memory,
+// goroutines) out of the next.
+func (b *bench) withServers(f func(map[harness.Kind]*harness.Server)) {
+	srvs := map[harness.Kind]*harness.Server{}
+	for _, k := range b.servers {
+		s, err := harness.Launch(harness.Options{Kind: k}, mustTemp())
+		if err != nil {
+			log.Fatal(err)
+		}
+		srvs[k] = s
+	}
+	defer func() {
+		for _, s := range srvs {
+			s.Stop()
+		}
+	}()
+	f(srvs)
+}
+
+func mustTemp() string {
+	d, err := os.MkdirTemp("", "derpbench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return d
+}
+
+// measure runs f for every round and server, alternating servers (A B A
+// B …) so slow drift of the machine affects both alike.
+func (b *bench) measure(scenario string, params metrics, srvs map[harness.Kind]*harness.Server, f func(*harness.Server) (metrics, error)) {
+	for r := range b.rounds {
+		order := b.servers
+		if r%2 == 1 {
+			order = []harness.Kind{b.servers[1], b.servers[0]}
+		}
+		for _, k := range order {
+			m, err := f(srvs[k])
+			ru := run{Scenario: scenario, Server: k, Round: r, Params: params, Metrics: m}
+			if err != nil {
+				ru.Err = err.Error()
+				log.Printf("%s %v %s: %v", scenario, params, k, err)
+			}
+			b.runs = append(b.runs, ru)
+			log.Printf("%-10s %-6s %v %v", scenario, k, fmtParams(params), fmtMetrics(m))
+		}
+	}
+}
+
+func fmtParams(p metrics) string {
+	var parts []string
+	for k, v := range p {
+		parts = append(parts, fmt.Sprintf("%s=%g", k, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+func fmtMetrics(m metrics) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, fmt.Sprintf("%s=%.3g", k, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+func (b *bench) rates() []float64 {
+	if b.quick {
+		return []float64{50e3, 100e3, 200e3, 400e3}
+	}
+	return []float64{50e3, 100e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1000e3, 1200e3}
+}
+
+func (b *bench) all() {
+	if b.want("capacity") || b.want("latency") {
+		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+			b.capacitySweep("capacity", 20, b.rates(), srvs)
+		})
+	}
+	if b.want("overload") {
+		pairs := []int{1, 4, 20, 100}
+		if b.quick {
+			pairs = []int{1, 20}
+		}
+		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+			for _, n := range pairs {
+				b.measure("overload", metrics{"pairs": float64(n)}, srvs, func(s *harness.Server) (metrics, error) {
+					return measureLoad(s, loadSpec{pairs: n, size: b.size})
+				})
+			}
+		})
+	}
+	if b.want("isolation") {
+		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+			b.measure("isolation", metrics{"pairs": 20, "rate": 100e3}, srvs, func(s *harness.Server) (metrics, error) {
+				return measureLoad(s, loadSpec{pairs: 20, rate: 100e3, size: b.size, stalledPer: 10})
+			})
+		})
+	}
+	if b.want("latency") {
+		d := 3 * time.Second
+		if b.quick {
+			d = time.Second
+		}
+		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+			b.measure("latency", metrics{"pairs": 10, "loaded": 0}, srvs, func(s *harness.Server) (metrics, error) {
+				return latency(s, 10, d)
+			})
+			b.measure("latency", metrics{"pairs": 10, "loaded": 1}, srvs, func(s *harness.Server) (metrics, error) {
+				rate := 0.8 * b.zeroLossCapacity("capacity", 20, s.Kind)
+				if rate <= 0 {
+					rate = 50e3
+				}
+				l, err := startLoad(s.Addr(), loadSpec{pairs: 20, rate: rate, size: b.size})
+				if err != nil {
+					return nil, err
+				}
+				defer l.close()
+				time.Sleep(warmup)
+				m, err := latency(s, 10, d)
+				if m != nil {
+					m["background_pps"] = rate
+				}
+				return m, err
+			})
+		})
+	}
+	if b.want("memory") {
+		counts := []int{1000, 10000}
+		if b.quick {
+			counts = []int{1000}
+		}
+		for _, n := range counts {
+			b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+				b.measure("memory", metrics{"conns": float64(n)}, srvs, func(s *harness.Server) (metrics, error) {
+					return idleMemory(s, n)
+				})
+			})
+		}
+	}
+	if b.want("handshakes") {
+		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+			b.measure("handshakes", metrics{"workers": 8}, srvs, func(s *harness.Server) (metrics, error) {
+				return handshakes(s, 8, 2*time.Second)
+			})
+		})
+	}
+	if b.want("scaling") {
+		pairs := []int{1, 10, 100, 1000}
+		rates := []float64{25e3, 50e3, 100e3, 200e3, 400e3, 800e3}
+		counts := []int{1000, 5000, 15000}
+		if b.quick {
+			pairs, rates, counts = []int{1, 100}, []float64{50e3, 200e3}, []int{1000, 5000}
+		}
+		for _, n := range pairs {
+			b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+				b.capacitySweep("scaling", n, rates, srvs)
+			})
+		}
+		for _, n := range counts {
+			b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+				b.measure("scaling-memory", metrics{"conns": float64(n)}, srvs, func(s *harness.Server) (metrics, error) {
+					return idleMemory(s, n)
+				})
+			})
+		}
+	}
+}
+
+// capacitySweep measures delivered fraction at each offered rate. Once a
+// server delivers under 80% at two rates in a row, higher rates are
+// skipped for it: it is past capacity and the time is better spent
+// elsewhere.
+func (b *bench) capacitySweep(scenario string, pairs int, rates []float64, srvs map[harness.Kind]*harness.Server) {
+	failing := map[harness.Kind]int{}
+	for _, rate := range rates {
+		live := map[harness.Kind]*harness.Server{}
+		for k, s := range srvs {
+			if failing[k] < 2 {
+				live[k] = s
+			}
+		}
+		if len(live) == 0 {
+			return
+		}
+		b.measure(scenario, metrics{"pairs": float64(pairs), "rate": rate}, srvs, func(s *harness.Server) (metrics, error) {
+			if live[s.Kind] == nil {
+				return nil, fmt.Errorf("skipped: past capacity")
+			}
+			return measureLoad(s, loadSpec{pairs: pairs, rate: rate, size: b.size})
+		})
+		for k := range live {
+			if med := b.median(scenario, k, metrics{"pairs": float64(pairs), "rate": rate}, "delivered_ratio"); med < 0.8 {
+				failing[k]++
+			} else {
+				failing[k] = 0
+			}
+		}
+	}
+}
+
+// median of one metric over the rounds of a point.
+func (b *bench) median(scenario string, k harness.Kind, params metrics, metric string) float64 {
+	var vs []float64
+	for _, r := range b.runs {
+		if r.Scenario == scenario && r.Server == k && r.Err == "" && sameParams(r.Params, params) {
+			if v, ok := r.Metrics[metric]; ok {
+				vs = append(vs, v)
+			}
+		}
+	}
+	if len(vs) == 0 {
+		return -1
+	}
+	slices.Sort(vs)
+	return vs[len(vs)/2]
+}
+
+func sameParams(a, b metrics) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// zeroLossCapacity is the highest swept rate a server delivered ≥ 99% of.
+func (b *bench) zeroLossCapacity(scenario string, pairs int, k harness.Kind) float64 {
+	best := 0.0
+	for _, r := range b.runs {
+		if r.Scenario != scenario || r.Server != k || r.Params["pairs"] != float64(pairs) {
+			continue
+		}
+		rate := r.Params["rate"]
+		if b.median(scenario, k, r.Params, "delivered_ratio") >= 0.99 && rate > best {
+			best = rate
+		}
+	}
+	return best
+}
+
+func (b *bench) save() {
+	f, err := os.Create(filepath.Join(b.outDir, "runs.json"))
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer f.Close()
+	enc := json.NewEncoder(f)
+	enc.SetIndent("", " ")
+	enc.Encode(map[string]any{"when": time.Now().UTC(), "packet_size": b.size, "rounds": b.rounds, "runs": b.runs})
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"path/filepath"
+	"sort"
+
+	"github.com/derpd/derpd/interop/harness"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+var serverColors = map[harness.Kind]color.Color{
+	harness.Derpd:  color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	harness.Derper: color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+}
+
+// plots draws delivered-vs-offered for the main capacity sweep and the
+// scaling curves, one line per server.
+func (b *bench) plots() error {
+	if b.hasScenario("capacity") {
+		if err := b.linePlot("capacity.png", "Delivered vs offered load, 20 pairs, 1280-byte packets",
+			"offered (thousand packets/s)", "delivered (thousand packets/s)",
+			func(k harness.Kind) plotter.XYs { return b.sweep("capacity", 20, k, "delivered_pps") }, true); err != nil {
+			return err
+		}
+		if err := b.linePlot("capacity-cpu.png", "Server CPU vs offered load, 20 pairs",
+			"offered (thousand packets/s)", "server CPU (cores)",
+			func(k harness.Kind) plotter.XYs { return b.sweep("capacity", 20, k, "server_cores") }, false); err != nil {
+			return err
+		}
+	}
+	if b.hasScenario("scaling") {
+		for _, n := range []int{1, 10, 100, 1000} {
+			if !b.hasPairs("scaling", float64(n)) {
+				continue
+			}
+			name := fmt.Sprintf("scaling-%d-pairs.png", n)
+			if err := b.linePlot(name, fmt.Sprintf("Delivered vs offered, %d pairs", n),
+				"offered (thousand packets/s)", "delivered (thousand packets/s)",
+				func(k harness.Kind) plotter.XYs { return b.sweep("scaling", n, k, "delivered_pps") }, true); err != nil {
+				return err
+			}
+		}
+		if err := b.linePlot("scaling-capacity.png", "Zero-loss capacity vs number of pairs",
+			"pairs", "zero-loss capacity (thousand packets/s)",
+			func(k harness.Kind) plotter.XYs {
+				var xy plotter.XYs
+				for _, n := range []int{1, 10, 100, 1000} {
+					if b.hasPairs("scaling", float64(n)) {
+						xy = append(xy, plotter.XY{X: float64(n), Y: b.zeroLossCapacity("scaling", n, k) / 1e3})
+					}
+				}
+				return xy
+			}, false); err != nil {
+			return err
+		}
+	}
+	if b.hasScenario("scaling-memory") || b.hasScenario("memory") {
+		if err := b.linePlot("scaling-memory.png", "Resident memory vs idle connections",
+			"idle connections", "resident memory (MiB)",
+			func(k harness.Kind) plotter.XYs {
+				var xy plotter.XYs
+				for _, sc := range []string{"memory", "scaling-memory"} {
+					for _, n := range []float64{1000, 5000, 10000, 15000} {
+						if v := b.median(sc, k, metrics{"conns": n}, "rss_kib"); v > 0 {
+							xy = append(xy, plotter.XY{X: n, Y: v / 1024})
+						}
+					}
+				}
+				sort.Slice(xy, func(i, j int) bool { return xy[i].X < xy[j].X })
+				return xy
+			}, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweep returns (offered, metric) points of a capacity sweep, in
+// thousands of packets per second where the metric is a rate.
+func (b *bench) sweep(scenario string, pairs int, k harness.Kind, metric string) plotter.XYs {
+	seen := map[float64]bool{}
+	var xy plotter.XYs
+	for _, r := range b.runs {
+		if r.Scenario != scenario || r.Server != k || r.Params["pairs"] != float64(pairs) || seen[r.Params["rate"]] {
+			continue
+		}
+		seen[r.Params["rate"]] = true
+		v := b.median(scenario, k, r.Params, metric)
+		if v < 0 {
+			continue
+		}
+		if metric == "delivered_pps" {
+			v /= 1e3
+		}
+		xy = append(xy, plotter.XY{X: r.Params["rate"] / 1e3, Y: v})
+	}
+	sort.Slice(xy, func(i, j int) bool { return xy[i].X < xy[j].X })
+	return xy
+}
+
+func (b *bench) linePlot(name, title, xlabel, ylabel string, data func(harness.Kind) plotter.XYs, diagonal bool) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = xlabel
+	p.Y.Label.Text = ylabel
+	p.Add(plotter.NewGrid())
+	maxX := 0.0
+	for _, k := range b.servers {
+		xy := data(k)
+		if len(xy) == 0 {
+			continue
+		}
+		l, pts, err := plotter.NewLinePoints(xy)
+		if err != nil {
+			return err
+		}
+		l.Color, pts.Color = serverColors[k], serverColors[k]
+		p.Add(l, pts)
+		p.Legend.Add(string(k), l, pts)
+		for _, v := range xy {
+			maxX = max(maxX, v.X)
+		}
+	}
+	if diagonal && maxX > 0 {
+		ideal := plotter.NewFunction(func(x float64) float64 { return x })
+		ideal.Dashes = plotutil.Dashes(2)
+		ideal.XMin, ideal.XMax = 0, maxX
+		p.Add(ideal)
+		p.Legend.Add("offered = delivered", ideal)
+	}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	return p.Save(7*vg.Inch, 4.5*vg.Inch, filepath.Join(b.outDir, name))
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/derpd/derpd/interop/harness"
+)
+
+type row struct {
+	name           string
+	derpd, derper  float64
+	unit           string
+	goal           string  // e.g. "≥ 3×"
+	goalRatio      float64 // 0: no goal
+	higherIsBetter bool
+}
+
+func (b *bench) table() string {
+	var rows []row
+	add := func(name, unit, goal string, goalRatio float64, higher bool, f func(k harness.Kind) float64) {
+		rows = append(rows, row{name: name, derpd: f(harness.Derpd), derper: f(harness.Derper), unit: unit, goal: goal, goalRatio: goalRatio, higherIsBetter: higher})
+	}
+	mbps := func(pps float64) float64 { return pps * float64(b.size) * 8 / 1e6 }
+	if b.hasScenario("capacity") {
+		add("zero-loss capacity, 20 pairs", "packets/s", "≥ 3×", 3, true, func(k harness.Kind) float64 { return b.zeroLossCapacity("capacity", 20, k) })
+		add("  same, as goodput", "Mbit/s", "", 0, true, func(k harness.Kind) float64 { return mbps(b.zeroLossCapacity("capacity", 20, k)) })
+		add("server CPU at 100k packets/s", "cores", "≤ 0.5×", 0.5, false, func(k harness.Kind) float64 {
+			return b.median("capacity", k, metrics{"pairs": 20, "rate": 100e3}, "server_cores")
+		})
+		add("delivered at 100k packets/s", "%", "", 0, true, func(k harness.Kind) float64 {
+			return 100 * b.median("capacity", k, metrics{"pairs": 20, "rate": 100e3}, "delivered_ratio")
+		})
+	}
+	if b.hasScenario("overload") {
+		for _, n := range []float64{1, 4, 20, 100} {
+			goal, gr := "", 0.0
+			if n == 20 {
+				goal, gr = "≥ 20×", 20
+			}
+			if !b.hasPoint("overload", metrics{"pairs": n}) {
+				continue
+			}
+			add(fmt.Sprintf("overload goodput, %g unpaced pairs", n), "Mbit/s", goal, gr, true, func(k harness.Kind) float64 {
+				return b.median("overload", k, metrics{"pairs": n}, "goodput_mbps")
+			})
+			add(fmt.Sprintf("  server CPU, %g unpaced pairs", n), "cores", "", 0, false, func(k harness.Kind) float64 {
+				return b.median("overload", k, metrics{"pairs": n}, "server_cores")
+			})
+		}
+		if b.hasScenario("capacity") {
+			add("overload goodput at 20 pairs / own zero-loss capacity", "%", "derpd ≥ 70%", 0, true, func(k harness.Kind) float64 {
+				c := mbps(b.zeroLossCapacity("capacity", 20, k))
+				if c <= 0 {
+					return -1
+				}
+				return 100 * b.median("overload", k, metrics{"pairs": 20}, "goodput_mbps") / c
+			})
+		}
+	}
+	if b.hasScenario("isolation") {
+		add("isolation: healthy flows delivered (1 stalled receiver)", "%", "derpd ≥ 97%", 0, true, func(k harness.Kind) float64 {
+			return 100 * b.median("isolation", k, metrics{"pairs": 20, "rate": 100e3}, "delivered_ratio")
+		})
+	}
+	if b.hasScenario("latency") {
+		for _, loaded := range []float64{0, 1} {
+			label := "alone"
+			if loaded == 1 {
+				label = "under 80% load"
+			}
+			p := metrics{"pairs": 10, "loaded": loaded}
+			add("round trip p50, "+label, "µs", "", 0, false, func(k harness.Kind) float64 { return b.median("latency", k, p, "rtt_p50_us") })
+			add("round trip p99, "+label, "µs", "≤ 0.8×", 0.8, false, func(k harness.Kind) float64 { return b.median("latency", k, p, "rtt_p99_us") })
+			add("round trip max, "+label, "µs", "", 0, false, func(k harness.Kind) float64 { return b.median("latency", k, p, "rtt_max_us") })
+		}
+	}
+	for _, sc := range []string{"memory", "scaling-memory"} {
+		for _, n := range []float64{1000, 5000, 10000, 15000} {
+			if !b.hasPoint(sc, metrics{"conns": n}) {
+				continue
+			}
+			goal, gr := "", 0.0
+			if n == 10000 {
+				goal, gr = "≤ 0.5×", 0.5
+			}
+			add(fmt.Sprintf("resident memory per idle connection, %g conns", n), "KiB", goal, gr, false, func(k harness.Kind) float64 {
+				return b.median(sc, k, metrics{"conns": n}, "rss_per_conn_kib")
+			})
+		}
+	}
+	if b.hasScenario("handshakes") {
+		add("connection setup", "handshakes/s", "≥ 1.0×", 1, true, func(k harness.Kind) float64 {
+			return b.median("handshakes", k, metrics{"workers": 8}, "handshakes_per_sec")
+		})
+	}
+	if b.hasScenario("scaling") {
+		for _, n := range []int{1, 10, 100, 1000} {
+			if !b.hasPairs("scaling", float64(n)) {
+				continue
+			}
+			add(fmt.Sprintf("zero-loss capacity, %d pairs", n), "packets/s", "", 0, true, func(k harness.Kind) float64 { return b.zeroLossCapacity("scaling", n, k) })
+		}
+	}
+
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "| figure | unit | derpd | derper | derpd/derper | goal | met |\n|---|---|---:|---:|---:|---|---|\n")
+	for _, r := range rows {
+		ratio := math.NaN()
+		if r.derper > 0 && r.derpd >= 0 {
+			ratio = r.derpd / r.derper
+		}
+		met := ""
+		if r.goalRatio > 0 && !math.IsNaN(ratio) {
+			ok := ratio >= r.goalRatio
+			if !r.higherIsBetter {
+				ok = ratio <= r.goalRatio
+			}
+			met = map[bool]string{true: "yes", false: "NO"}[ok]
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.unit, num(r.derpd), num(r.derper), ratioStr(ratio), r.goal, met)
+	}
+	return sb.String()
+}
+
+func num(v float64) string {
+	switch {
+	case v < 0:
+		return "n/a"
+	case v >= 10000:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 1:
+		return fmt.Sprintf("%.2f", v)
+	default:
+		return fmt.Sprintf("%.3f", v)
+	}
+}
+
+func ratioStr(r float64) string {
+	if math.IsNaN(r) || math.IsInf(r, 0) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", r)
+}
+
+func (b *bench) hasScenario(s string) bool {
+	for _, r := range b.runs {
+		if r.Scenario == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *bench) hasPoint(s string, p metrics) bool {
+	for _, r := range b.runs {
+		if r.Scenario == s && sameParams(r.Params, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *bench) hasPairs(s string, n float64) bool {
+	for _, r := range b.runs {
+		if r.Scenario == s && r.Params["pairs"] == n {
+			return true
+		}
+	}
+	return false
+}

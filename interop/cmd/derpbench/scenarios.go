@@ -1,0 +1,269 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/derpd/derpd/interop/harness"
+	"tailscale.com/derp"
+	"tailscale.com/types/key"
+)
+
+// Timing of one measurement: load runs for warmup before counting starts,
+// so connection set-up and queue filling are not measured.
+var (
+	warmup = 500 * time.Millisecond
+	window = 2 * time.Second
+)
+
+type metrics map[string]float64
+
+// measureLoad runs spec against srv and returns delivered fraction,
+// goodput and server CPU over the window.
+func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
+	l, err := startLoad(srv.Addr(), spec)
+	if err != nil {
+		return nil, err
+	}
+	defer l.close()
+	time.Sleep(warmup)
+	pid := srv.Process().Pid
+	p0, b0, s0 := l.packets.Load(), l.bytes.Load(), l.sent()
+	cpu := startCPU(pid)
+	self := startCPU(selfPID)
+	t0 := time.Now()
+	time.Sleep(window)
+	dt := time.Since(t0).Seconds()
+	p1, b1, s1 := l.packets.Load(), l.bytes.Load(), l.sent()
+	m := metrics{
+		"server_cores":    cpu.cores(),
+		"loadgen_cores":   self.cores(),
+		"delivered_pps":   float64(p1-p0) / dt,
+		"goodput_mbps":    float64(b1-b0) * 8 / dt / 1e6,
+		"written_pps":     float64(s1-s0) / dt,
+		"offered_pps":     spec.rate,
+		"pairs":           float64(spec.pairs),
+		"delivered_ratio": 0,
+	}
+	if spec.rate > 0 {
+		healthyShare := 1.0
+		if spec.stalledPer > 0 {
+			healthyShare = float64(spec.stalledPer-1) / float64(spec.stalledPer)
+		}
+		m["delivered_ratio"] = m["delivered_pps"] / (spec.rate * healthyShare)
+	}
+	return m, nil
+}
+
+// latency measures round trips through Tailscale's own client library:
+// pairs of clients echo a small packet back and forth, one in flight per
+// pair (closed loop).
+func latency(srv *harness.Server, pairs int, d time.Duration) (metrics, error) {
+	type pair struct{ a, b *harness.Client }
+	var ps []pair
+	defer func() {
+		for _, p := range ps {
+			p.a.Close()
+			p.b.Close()
+		}
+	}()
+	for range pairs {
+		a, err := harness.Dial(srv.URL(), key.NewNode())
+		if err != nil {
+			return nil, err
+		}
+		b, err := harness.Dial(srv.URL(), key.NewNode())
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		ps = append(ps, pair{a, b})
+	}
+	var mu sync.Mutex
+	var rtts []time.Duration
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(d)
+	for _, p := range ps {
+		wg.Add(1)
+		go func() { // echo side; ends when its client is closed
+			for {
+				m, err := p.b.NextErr()
+				if err != nil {
+					return
+				}
+				if pkt, ok := m.(derp.ReceivedPacket); ok {
+					if p.b.Send(pkt.Source, pkt.Data) != nil {
+						return
+					}
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 64)
+			var local []time.Duration
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				if p.a.Send(p.b.Pub, payload) != nil {
+					failures.Add(1)
+					return
+				}
+				m, err := p.a.NextErr()
+				if err != nil {
+					failures.Add(1)
+					return
+				}
+				if _, ok := m.(derp.ReceivedPacket); ok {
+					local = append(local, time.Since(t0))
+				}
+			}
+			mu.Lock()
+			rtts = append(rtts, local...)
+			mu.Unlock()
+		}()
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d + 30*time.Second):
+		return nil, fmt.Errorf("latency round did not finish")
+	}
+	if len(rtts) == 0 {
+		return nil, fmt.Errorf("no round trips completed")
+	}
+	slices.Sort(rtts)
+	q := func(f float64) float64 {
+		return float64(rtts[min(len(rtts)-1, int(f*float64(len(rtts))))].Microseconds())
+	}
+	return metrics{
+		"rtt_p50_us": q(0.50),
+		"rtt_p99_us": q(0.99),
+		"rtt_max_us": float64(rtts[len(rtts)-1].Microseconds()),
+		"samples":    float64(len(rtts)),
+		"failures":   float64(failures.Load()),
+	}, nil
+}
+
+// forceGC asks the server to collect garbage, so resident memory reflects
+// live data. Both servers serve /debug/gc to loopback.
+func forceGC(srv *harness.Server) {
+	res, err := http.Get("http://" + srv.Addr() + "/debug/gc")
+	if err == nil {
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+}
+
+// idleMemory opens n handshaken connections that then do nothing, and
+// reports the resident memory they added, per connection.
+func idleMemory(srv *harness.Server, n int) (metrics, error) {
+	pid := srv.Process().Pid
+	forceGC(srv)
+	time.Sleep(200 * time.Millisecond)
+	rss0, err := rssKiB(pid)
+	if err != nil {
+		return nil, err
+	}
+	conns, err := dialMany(srv.Addr(), n, 16)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	if err != nil {
+		return nil, err
+	}
+	// Let per-connection goroutines settle into their idle state.
+	time.Sleep(time.Second)
+	forceGC(srv)
+	time.Sleep(500 * time.Millisecond)
+	rss1, err := rssKiB(pid)
+	if err != nil {
+		return nil, err
+	}
+	return metrics{
+		"conns":             float64(n),
+		"rss_kib":           float64(rss1),
+		"rss_per_conn_kib":  float64(rss1-rss0) / float64(n),
+		"baseline_rss_kib":  float64(rss0),
+	}, nil
+}
+
+// dialMany opens n connections with workers in parallel.
+func dialMany(addr string, n, workers int) ([]*rawClient, error) {
+	out := make([]*rawClient, n)
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || firstErr.Load() != nil {
+					return
+				}
+				c, err := dialRaw(addr)
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				out[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	var conns []*rawClient
+	for _, c := range out {
+		if c != nil {
+			conns = append(conns, c)
+		}
+	}
+	if err, _ := firstErr.Load().(error); err != nil {
+		return conns, err
+	}
+	return conns, nil
+}
+
+// handshakes measures complete connection set-ups per second: TCP
+// connect, HTTP upgrade, ServerKey, ClientInfo, ServerInfo, close.
+func handshakes(srv *harness.Server, workers int, d time.Duration) (metrics, error) {
+	var count, fails atomic.Int64
+	var wg sync.WaitGroup
+	cpu := startCPU(srv.Process().Pid)
+	deadline := time.Now().Add(d)
+	t0 := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				c, err := dialRaw(srv.Addr())
+				if err != nil {
+					fails.Add(1)
+					continue
+				}
+				c.Close()
+				count.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	dt := time.Since(t0).Seconds()
+	return metrics{
+		"handshakes_per_sec": float64(count.Load()) / dt,
+		"failures":           float64(fails.Load()),
+		"server_cores":       cpu.cores(),
+	}, nil
+}
