@@ -3,16 +3,49 @@ package actors
 import (
 	"hash/maphash"
 	"sync/atomic"
+	"time"
 
 	"github.com/derpd/derpd/wire"
 )
 
 // PacketSink accepts relayed packets for one destination. SendPacket takes
 // ownership of the packet (it is released whether it is written or
-// dropped) and never waits on the network: it is called from other
-// connections' read loops, which must keep reading.
+// dropped). It is called from other connections' read loops: it may make
+// the caller wait, briefly and only through w, for room in a destination
+// that is draining; it never waits on a destination whose socket has
+// stopped taking data. A nil w means never wait.
 type PacketSink interface {
-	SendPacket(p *wire.Packet)
+	SendPacket(p *wire.Packet, w *Waiter)
+}
+
+// Waiter lets a read loop wait, with a bound, for room in a full queue.
+// Waiting is how an overloaded server pushes back on senders through TCP
+// instead of reading packets only to drop them. Each read loop owns one, so
+// its timer is reused rather than allocated per wait.
+type Waiter struct {
+	timer *time.Timer
+
+	// Counts since the owner last folded them into Stats.
+	Waits, Timeouts int64
+}
+
+// Send puts p on q, waiting up to d for room. It reports whether p was
+// queued; if not, p is still the caller's.
+func (w *Waiter) Send(q chan<- *wire.Packet, p *wire.Packet, d time.Duration) bool {
+	w.Waits++
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d)
+	}
+	select {
+	case q <- p:
+		w.timer.Stop()
+		return true
+	case <-w.timer.C:
+		w.Timeouts++
+		return false
+	}
 }
 
 // Forwarder carries packets for a key that lives on a mesh peer. Like

@@ -10,7 +10,7 @@ import (
 
 type nopSink struct{ id int }
 
-func (nopSink) SendPacket(p *wire.Packet) { p.Release() }
+func (nopSink) SendPacket(p *wire.Packet, _ *Waiter) { p.Release() }
 
 func rkey(i int) wire.NodePublic {
 	var k wire.NodePublic

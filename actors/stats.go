@@ -85,6 +85,8 @@ type Stats struct {
 	HandshakeErrors   atomic.Int64
 	Rejected          atomic.Int64 // refused by admission control
 
+	QueueWaits          atomic.Int64 // a reader waited for room in a full queue
+	QueueWaitTimeouts   atomic.Int64 // …and gave up, dropping the oldest instead
 	PacketsReceived     atomic.Int64
 	BytesReceived       atomic.Int64
 	PacketsReceivedKind [numPacketKinds]atomic.Int64
@@ -118,6 +120,16 @@ func (s *Stats) Dropped(reason DropReason, kind PacketKind) int64 {
 type ReceiveCounts struct {
 	Packets, Bytes int64
 	Disco          int64
+}
+
+// AddWaits folds a reader's wait counts in and resets them.
+func (s *Stats) AddWaits(w *Waiter) {
+	if w.Waits == 0 {
+		return
+	}
+	s.QueueWaits.Add(w.Waits)
+	s.QueueWaitTimeouts.Add(w.Timeouts)
+	w.Waits, w.Timeouts = 0, 0
 }
 
 // AddReceived folds a reader's tally in and resets it.
@@ -202,6 +214,8 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Counter("derp_packets_forwarded_out", s.ForwardedOut.Load())
 	p.Counter("derpd_handshake_errors", s.HandshakeErrors.Load())
 	p.Counter("derpd_admission_rejected", s.Rejected.Load())
+	p.Counter("derpd_queue_waits", s.QueueWaits.Load())
+	p.Counter("derpd_queue_wait_timeouts", s.QueueWaitTimeouts.Load())
 	p.Counter("derp_packets_received", s.PacketsReceived.Load())
 	p.Counter("derp_bytes_received", s.BytesReceived.Load())
 	p.Counter("derp_packets_sent", s.PacketsSent.Load())

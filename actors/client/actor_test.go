@@ -39,7 +39,7 @@ func (e *actorEnv) tell(msg any) {
 
 func TestClientActorStartsWritingOnlyOnceRegistered(t *testing.T) {
 	e := newActorEnv(t)
-	e.ob.SendPacket(packet(testKey(1), []byte("early")))
+	e.ob.SendPacket(packet(testKey(1), []byte("early")), nil)
 	if e.ob.started.Load() {
 		t.Fatal("writer started before the registry confirmed")
 	}
@@ -88,7 +88,7 @@ func TestClientActorReaderDoneUnregistersAndStops(t *testing.T) {
 	if e.sys.Stats.HomeMovesIn.Load() != 0 {
 		t.Fatal("choosing a home right after connecting counted as a move")
 	}
-	e.ob.SendPacket(packet(testKey(1), []byte("queued")))
+	e.ob.SendPacket(packet(testKey(1), []byte("queued")), nil)
 	e.tell(&readerDone{err: io.EOF})
 	if len(e.reg.got) != 1 {
 		t.Fatalf("registry got %v, want one Unregister", e.reg.got)

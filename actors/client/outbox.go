@@ -14,6 +14,17 @@ import (
 	"github.com/derpd/derpd/wire"
 )
 
+// maxQueueWait bounds how long a reader waits for room in the queue of a
+// receiver that is draining. Under CPU overload the destination's writer
+// needs a scheduling slot, a few milliseconds at worst; a longer wait
+// means something else is wrong, and the old drop-oldest rule takes over.
+const maxQueueWait = 20 * time.Millisecond
+
+// stalledWriteAfter is how long one socket write may block before the
+// receiver counts as not reading. A write of one batch to a receiver with
+// room in its socket buffer takes microseconds.
+const stalledWriteAfter = 2 * time.Millisecond
+
 // batchFlushBytes is how much a writer collects before it flushes even
 // though more frames are ready, so one slow flush never holds more than
 // about a buffer's worth of data past its write deadline.
@@ -40,6 +51,12 @@ type Outbox struct {
 
 	closed    atomic.Bool
 	started   atomic.Bool
+
+	// writeStart is when the writer's current socket write began (Unix
+	// nanoseconds), 0 between writes. A write that has been blocked for a
+	// while means the receiver is not taking data: senders must not wait
+	// for it.
+	writeStart atomic.Int64
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the writer goroutine has exited
 
@@ -94,15 +111,39 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 	}
 }
 
-// SendPacket queues a packet for this connection without waiting: when the
-// queue is full the oldest packet is dropped to make room, so a receiver
-// that cannot keep up loses its stalest data instead of slowing its
-// senders. Implements actors.PacketSink.
-func (o *Outbox) SendPacket(p *wire.Packet) {
+// SendPacket queues a packet for this connection. Implements
+// actors.PacketSink.
+//
+// When the queue is full there are two cases. If the writer is stuck in a
+// socket write, the receiver is not reading: the oldest queued packet is
+// dropped to make room, so that one slow receiver never stalls the flows
+// of those who send to it (DERP's rule). Otherwise the receiver is keeping
+// up and the server itself is behind (short of CPU): the sender's reader
+// waits, briefly, for room. That stops the reader reading, TCP pushes back
+// on the sender, and the CPU goes to delivering packets instead of reading
+// ones that would be dropped, which is what makes relays collapse under
+// overload.
+func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	kind := actors.KindOther
 	q := o.data
 	if p.IsDisco() {
 		kind, q = actors.KindDisco, o.disco
+	}
+	select {
+	case q <- p:
+		if o.closed.Load() {
+			o.dropQueued()
+		}
+		return
+	default:
+	}
+	if w != nil && !o.closed.Load() && !o.receiverStalled() {
+		if w.Send(q, p, maxQueueWait) {
+			if o.closed.Load() {
+				o.dropQueued()
+			}
+			return
+		}
 	}
 	stats := o.sys.Stats
 	for range 3 {
@@ -272,6 +313,13 @@ func (o *Outbox) run() {
 	}
 }
 
+// receiverStalled reports whether the writer has been blocked in one
+// socket write for longer than a healthy receiver ever takes.
+func (o *Outbox) receiverStalled() bool {
+	start := o.writeStart.Load()
+	return start != 0 && time.Now().UnixNano()-start > int64(stalledWriteAfter)
+}
+
 func (o *Outbox) armDeadline() {
 	if o.writeTimeout > 0 {
 		o.conn.SetWriteDeadline(time.Now().Add(o.writeTimeout))
@@ -283,7 +331,9 @@ func (o *Outbox) flush() {
 	if frames == 0 {
 		return
 	}
+	o.writeStart.Store(time.Now().UnixNano())
 	o.w.Flush()
+	o.writeStart.Store(0)
 	stats := o.sys.Stats
 	stats.NoteBatch(frames)
 	stats.AddSent(&o.sent)

@@ -120,7 +120,7 @@ func (e *outboxEnv) readFrame(t *testing.T) (wire.FrameType, []byte) {
 func TestOutboxWritesServerInfoFirstThenPackets(t *testing.T) {
 	e := newOutboxEnv(t, OutboxConfig{})
 	e.ob.queueServerInfo([]byte("sealed"))
-	e.ob.SendPacket(packet(testKey(1), []byte("hello")))
+	e.ob.SendPacket(packet(testKey(1), []byte("hello")), nil)
 	e.ob.Start()
 	typ, body := e.readFrame(t)
 	if typ != wire.FrameServerInfo || string(body) != "sealed" {
@@ -138,10 +138,10 @@ func TestOutboxFullQueueDropsOldest(t *testing.T) {
 	e := newOutboxEnv(t, OutboxConfig{})
 	// The writer is not running yet, so the queue fills exactly.
 	for i := range 40 {
-		e.ob.SendPacket(packet(testKey(1), []byte{byte(i)}))
+		e.ob.SendPacket(packet(testKey(1), []byte{byte(i)}), nil)
 	}
 	for i := range 5 {
-		e.ob.SendPacket(packet(testKey(2), discoPayload(byte(i))))
+		e.ob.SendPacket(packet(testKey(2), discoPayload(byte(i))), nil)
 	}
 	stats := e.sys.Stats
 	if got := stats.Dropped(actors.DropQueueHead, actors.KindOther); got != 8 {
@@ -177,12 +177,12 @@ func TestOutboxFullQueueDropsOldest(t *testing.T) {
 func TestOutboxCloseCountsQueuedAsGone(t *testing.T) {
 	e := newOutboxEnv(t, OutboxConfig{})
 	for range 3 {
-		e.ob.SendPacket(packet(testKey(1), []byte("x")))
+		e.ob.SendPacket(packet(testKey(1), []byte("x")), nil)
 	}
 	e.ob.Start()
 	e.ob.Close()
 	<-e.ob.Finished()
-	e.ob.SendPacket(packet(testKey(1), []byte("late")))
+	e.ob.SendPacket(packet(testKey(1), []byte("late")), nil)
 	stats := e.sys.Stats
 	gone := stats.Dropped(actors.DropGoneDisconnected, actors.KindOther)
 	sent := stats.PacketsSent.Load()
@@ -216,7 +216,7 @@ func TestOutboxReportsFirstDeliveryPerSource(t *testing.T) {
 	e := newOutboxEnv(t, OutboxConfig{})
 	e.ob.Start()
 	for _, src := range []byte{1, 1, 2, 1, 2} {
-		e.ob.SendPacket(packet(testKey(src), []byte("p")))
+		e.ob.SendPacket(packet(testKey(src), []byte("p")), nil)
 		e.readFrame(t)
 	}
 	e.d.RunUntilIdle()
@@ -239,7 +239,7 @@ func TestOutboxReportsFirstDeliveryPerSource(t *testing.T) {
 	if typ, body := e.readFrame(t); typ != wire.FramePeerGone || len(body) != 33 || body[32] != 0 {
 		t.Fatalf("got %v %x, want PeerGone(disconnected)", typ, body)
 	}
-	e.ob.SendPacket(packet(testKey(1), []byte("again")))
+	e.ob.SendPacket(packet(testKey(1), []byte("again")), nil)
 	e.readFrame(t)
 	e.d.RunUntilIdle()
 	if len(e.reg.got) != 1 || e.reg.got[0].(*actors.Delivered).Source != testKey(1) {
@@ -297,6 +297,6 @@ func TestOutboxStalledReceiverHitsWriteDeadline(t *testing.T) {
 		if i > 1_000_000 {
 			t.Fatal("writer never timed out")
 		}
-		e.ob.SendPacket(packet(testKey(1), big))
+		e.ob.SendPacket(packet(testKey(1), big), nil)
 	}
 }

@@ -36,6 +36,7 @@ type reader struct {
 	routes *actors.RouteTable
 
 	recv    actors.ReceiveCounts
+	waiter  actors.Waiter // for bounded waits on full destination queues
 	now     int64         // time of the last socket read, stamped on queued packets
 	notHere *rate.Limiter // created on first use: most clients never need it
 }
@@ -48,12 +49,14 @@ func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader) 
 // protocol, and returns why.
 func (r *reader) run() error {
 	defer r.sys.Stats.AddReceived(&r.recv)
+	defer r.sys.Stats.AddWaits(&r.waiter)
 	for {
 		idle := r.rd.Buffered() == 0
 		if idle {
 			// About to read from the socket, and perhaps wait: publish
 			// counts so they are never stale for an idle connection.
 			r.sys.Stats.AddReceived(&r.recv)
+			r.sys.Stats.AddWaits(&r.waiter)
 		}
 		t, n, err := r.rd.ReadHeader()
 		if err != nil {
@@ -199,7 +202,7 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 	if rt := r.routes.Lookup(dst); rt != nil {
 		if rt.Local != nil {
 			p.QueuedAt = r.now
-			rt.Local.SendPacket(p)
+			rt.Local.SendPacket(p, &r.waiter)
 			return
 		}
 		if rt.Forward != nil && !forwarded {

@@ -72,7 +72,7 @@ func (f *fakeClient) take() []any {
 
 type fakeSink struct{ name string }
 
-func (*fakeSink) SendPacket(p *wire.Packet) { p.Release() }
+func (*fakeSink) SendPacket(p *wire.Packet, _ *actors.Waiter) { p.Release() }
 
 func key(b byte) wire.NodePublic {
 	var k wire.NodePublic
