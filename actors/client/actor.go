@@ -6,7 +6,6 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
-	"github.com/rs/zerolog"
 )
 
 // clientActor owns one connection's writer side and lifecycle: it turns
@@ -18,7 +17,6 @@ type clientActor struct {
 	conn    *actors.Conn
 	netConn net.Conn
 	outbox  *Outbox
-	log     zerolog.Logger
 	since   time.Time
 
 	serverInfo  []byte // sealed ServerInfo body, sent once registered
@@ -50,7 +48,7 @@ func (a *clientActor) Receive(ctx actor.Context) {
 	case *actors.CloseConn:
 		if a.closeReason == "" {
 			a.closeReason = m.Reason
-			a.log.Info().Str("reason", m.Reason).Msg("closing connection")
+			connLog(a.sys, a.conn).Info().Str("reason", m.Reason).Msg("closing connection")
 		}
 		// The reader notices and reports readerDone; cleanup happens there.
 		a.netConn.Close()
@@ -69,7 +67,7 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		if a.preferred {
 			stats.HomeConns.Add(-1)
 		}
-		logDisconnect(a.log, m.err, a.since)
+		logDisconnect(connLog(a.sys, a.conn), m.err, a.since)
 		ctx.Stop(ctx.Self())
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
-	"github.com/rs/zerolog"
 )
 
 // actorEnv runs one client actor on a step dispatcher, with a recorder in
@@ -23,7 +22,7 @@ func newActorEnv(t *testing.T) *actorEnv {
 	e := newOutboxEnv(t, OutboxConfig{})
 	a := &clientActor{
 		sys: e.sys, conn: e.ob.owner, netConn: e.ob.conn, outbox: e.ob,
-		log: zerolog.Nop(), since: time.Now(), serverInfo: []byte("server-info"),
+		since: time.Now(), serverInfo: []byte("server-info"),
 	}
 	pid := e.sys.Root.Spawn(e.sys.Props(func() actor.Actor { return a }))
 	e.ob.owner.PID = pid

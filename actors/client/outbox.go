@@ -41,7 +41,7 @@ type Outbox struct {
 	conn         net.Conn
 	w            *wire.Writer
 	writeTimeout time.Duration
-	keepAlive    time.Duration
+	kaInterval   time.Duration
 	owner        *actors.Conn // set by Serve before the outbox is reachable
 
 	data  chan *wire.Packet
@@ -49,8 +49,17 @@ type Outbox struct {
 	wake  chan struct{} // capacity 1: control frames are waiting
 	done  chan struct{} // closed by Close: the writer should stop
 
-	closed    atomic.Bool
-	started   atomic.Bool
+	closed  atomic.Bool
+	started atomic.Bool // Start was called: the writer may run
+	// running is true while a writer goroutine exists. The writer is
+	// started on demand and exits after writerLinger without work, so an
+	// idle connection costs no goroutine stack on the write side.
+	running   atomic.Bool
+	keepAlive *time.Timer // set by Start before any writer runs
+	kaPeriod  time.Duration
+	kaDue     atomic.Bool
+	startOne  sync.Once
+	finishOne sync.Once
 
 	// writeStart is when the writer's current socket write began (Unix
 	// nanoseconds), 0 between writes. A write that has been blocked for a
@@ -102,7 +111,7 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 		conn:         conn,
 		w:            wire.NewWriter(conn, cfg.MaxWrite),
 		writeTimeout: cfg.WriteTimeout,
-		keepAlive:    cfg.KeepAlive,
+		kaInterval:   cfg.KeepAlive,
 		data:         make(chan *wire.Packet, depth),
 		disco:        make(chan *wire.Packet, depth),
 		wake:         make(chan struct{}, 1),
@@ -131,17 +140,13 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	}
 	select {
 	case q <- p:
-		if o.closed.Load() {
-			o.dropQueued()
-		}
+		o.queued()
 		return
 	default:
 	}
 	if w != nil && !o.closed.Load() && !o.receiverStalled() {
 		if w.Send(q, p, maxQueueWait) {
-			if o.closed.Load() {
-				o.dropQueued()
-			}
+			o.queued()
 			return
 		}
 	}
@@ -154,10 +159,7 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 		}
 		select {
 		case q <- p:
-			if o.closed.Load() {
-				// Closed while we queued: nobody will write it.
-				o.dropQueued()
-			}
+			o.queued()
 			return
 		default:
 		}
@@ -218,18 +220,48 @@ func (o *Outbox) queueCtrl(f ctrlFrame) {
 	o.signal()
 }
 
+// queued follows every successful enqueue: it makes sure a writer will
+// see the packet, or, if the outbox closed meanwhile, that it is counted.
+func (o *Outbox) queued() {
+	if o.closed.Load() {
+		o.dropQueued()
+		return
+	}
+	o.kick()
+}
+
 func (o *Outbox) signal() {
 	select {
 	case o.wake <- struct{}{}:
 	default:
 	}
+	o.kick()
 }
 
-// Start launches the writer goroutine, at most once.
-func (o *Outbox) Start() {
-	if o.started.CompareAndSwap(false, true) {
+// kick starts a writer goroutine if there is none. It costs one atomic
+// load when a writer is already running, which under load it is.
+func (o *Outbox) kick() {
+	if o.started.Load() && !o.running.Load() && o.running.CompareAndSwap(false, true) {
 		go o.run()
 	}
+}
+
+// Start lets the writer run, with whatever was queued so far (ServerInfo
+// first), and starts the keepalive timer.
+func (o *Outbox) Start() {
+	o.startOne.Do(func() {
+		// Keepalives are a minute apart to spare phone batteries, with a
+		// per-connection jitter (up to 5 s on 60 s) so that clients
+		// connected together by a server restart do not keep their
+		// keepalives in step. The writer re-arms the timer after each one.
+		o.kaPeriod = o.kaInterval + rand.N(o.kaInterval/12+1)
+		o.keepAlive = time.AfterFunc(o.kaPeriod, func() {
+			o.kaDue.Store(true)
+			o.signal()
+		})
+		o.started.Store(true)
+		o.kick()
+	})
 }
 
 // Close stops the writer. Queued packets are counted as dropped because
@@ -239,53 +271,37 @@ func (o *Outbox) Close() {
 	o.closeOnce.Do(func() {
 		o.closed.Store(true)
 		close(o.done)
-		if o.started.CompareAndSwap(false, true) {
-			// No writer will run: account for what was queued here.
+		// With no writer running, claim the writer's slot for good (no
+		// writer can start after this) and clean up here.
+		if o.running.CompareAndSwap(false, true) {
 			o.finish()
 		}
 	})
 }
 
-// Finished is closed once the writer goroutine has exited.
+// Finished is closed once the outbox is closed and its writer, if any,
+// has exited.
 func (o *Outbox) Finished() <-chan struct{} { return o.finished }
 
+// writerLinger is how long a writer goroutine waits for more work before
+// it exits. Short enough that idle connections hold no writer; long enough
+// that a steady trickle of packets does not start one per packet.
+const writerLinger = 500 * time.Millisecond
+
+// run is the writer goroutine. Only one runs at a time (see running).
 func (o *Outbox) run() {
-	defer o.finish()
-	// Keepalives are a minute apart to spare phone batteries, with a
-	// per-connection jitter (up to 5 s on 60 s) so a server restart does not synchronise
-	// every client's keepalive forever after.
-	interval := o.keepAlive + rand.N(o.keepAlive/12+1)
-	ka := time.NewTicker(interval)
-	defer ka.Stop()
-	// Control frames queued before the start go first: that is how
-	// ServerInfo precedes every packet, even one that was routed here the
-	// instant the connection was registered (select picks among ready
-	// channels at random).
-	o.armDeadline()
-	o.writeCtrl()
-	o.flush()
+	linger := time.NewTimer(writerLinger)
+	defer linger.Stop()
 	for {
-		// Idle: hold no buffer while waiting.
-		o.w.Release()
-		select {
-		case <-o.done:
-			return
-		case p := <-o.disco:
-			o.armDeadline()
-			o.writePacket(p)
-		case p := <-o.data:
-			o.armDeadline()
-			o.writePacket(p)
-		case <-o.wake:
-			o.armDeadline()
-			o.writeCtrl()
-		case <-ka.C:
-			o.armDeadline()
-			o.w.WriteKeepAlive()
-		}
+		// Control frames first: that is how ServerInfo precedes every
+		// packet, even one routed here the instant the connection was
+		// registered (select picks among ready channels at random).
+		o.armDeadline()
+		o.writeCtrl()
 		// Take whatever else is ready, flushing every batchFlushBytes,
 		// and flush once nothing is: several frames per system call
 		// under load, no added delay when idle.
+	batch:
 		for o.w.Err() == nil {
 			if o.w.Buffered() >= batchFlushBytes {
 				o.flush()
@@ -294,23 +310,53 @@ func (o *Outbox) run() {
 			select {
 			case p := <-o.disco:
 				o.writePacket(p)
-				continue
 			case p := <-o.data:
 				o.writePacket(p)
-				continue
 			case <-o.wake:
 				o.writeCtrl()
-				continue
 			default:
+				break batch
 			}
-			break
 		}
 		o.flush()
 		if err := o.w.Err(); err != nil {
 			o.fail(err)
+			o.finish()
 			return
 		}
+		// Idle: hold no buffer while waiting.
+		o.w.Release()
+		if o.closed.Load() {
+			o.finish()
+			return
+		}
+		linger.Reset(writerLinger)
+		select {
+		case <-o.done:
+			o.finish()
+			return
+		case p := <-o.disco:
+			o.armDeadline()
+			o.writePacket(p)
+		case p := <-o.data:
+			o.armDeadline()
+			o.writePacket(p)
+		case <-o.wake:
+		case <-linger.C:
+			// Give up the slot, then look once more: work queued after
+			// the last look but before the store above would otherwise
+			// wait for the next kick, which may never come.
+			o.running.Store(false)
+			if !o.hasWork() || !o.running.CompareAndSwap(false, true) {
+				return
+			}
+		}
 	}
+}
+
+// hasWork reports whether anything waits for a writer.
+func (o *Outbox) hasWork() bool {
+	return len(o.data) > 0 || len(o.disco) > 0 || len(o.wake) > 0 || o.closed.Load()
 }
 
 // receiverStalled reports whether the writer has been blocked in one
@@ -408,6 +454,10 @@ func (o *Outbox) writeCtrl() {
 		*f = ctrlFrame{}
 	}
 	o.spare = frames[:0]
+	if o.kaDue.Swap(false) {
+		o.w.WriteKeepAlive()
+		o.keepAlive.Reset(o.kaPeriod)
+	}
 	if hasPong {
 		o.w.WritePong(pong)
 		stats.SentPong.Add(1)
@@ -424,11 +474,18 @@ func (o *Outbox) fail(err error) {
 	o.conn.Close()
 }
 
+// finish ends the outbox for good, once: whoever holds the writer's slot
+// when the outbox closes (the last writer, or Close) calls it.
 func (o *Outbox) finish() {
-	o.closed.Store(true)
-	o.dropQueued()
-	o.w.Release()
-	close(o.finished)
+	o.finishOne.Do(func() {
+		o.closed.Store(true)
+		if o.keepAlive != nil {
+			o.keepAlive.Stop()
+		}
+		o.dropQueued()
+		o.w.Release()
+		close(o.finished)
+	})
 }
 
 // dropQueued empties both queues, counting what was lost.

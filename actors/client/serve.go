@@ -27,9 +27,8 @@ type Accepted struct {
 	MaxWrite  int // largest single write the transport accepts; 0 = unlimited
 }
 
-// Serve runs a connection from the handshake to its end, on the calling
-// goroutine, which becomes the connection's reader. It returns once the
-// connection is closed; the client actor finishes the cleanup.
+// Serve runs a connection's handshake on the calling goroutine, then hands
+// the connection to a reader goroutine and its client actor and returns.
 //
 // The handshake (protocol order, see package wire):
 //
@@ -44,7 +43,7 @@ type Accepted struct {
 //
 // Steps 1–3 run under one HandshakeTimeout deadline.
 func Serve(sys *actors.System, cfg *Config, a Accepted) {
-	log := sys.Log.With().Uint64("conn", 0).Str("addr", a.Addr.String()).Logger()
+	log := sys.Log.With().Str("addr", a.Addr.String()).Logger()
 	conn := a.Conn
 	start := time.Now()
 	conn.SetDeadline(start.Add(HandshakeTimeout))
@@ -103,8 +102,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 		panic("client: ServerInfo: " + err.Error()) // JSON of a fixed struct
 	}
 
-	log = sys.Log.With().Uint64("conn", c.ID).Str("key", key.ShortString()).Str("addr", a.Addr.String()).Logger()
-	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, log: log, since: start, serverInfo: si}
+	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, since: start, serverInfo: si}
 	c.PID = sys.Root.SpawnPrefix(sys.Props(func() actor.Actor { return ca }), "client")
 
 	stats := sys.Stats
@@ -119,14 +117,27 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	// The client actor starts the writer, with ServerInfo first, once the
 	// registry confirms the registration.
 	sys.Send(sys.Registry, &actors.Register{Conn: c})
-	log.Info().Str("nodekey", key.String()).Bool("mesh", canMesh).Bool("prober", info.IsProber).
+	connLog(sys, c).Info().Str("nodekey", key.String()).Bool("mesh", canMesh).Bool("prober", info.IsProber).
 		Bool("fast_start", a.FastStart).Bool("websocket", a.WebSocket).Bool("not_ideal", a.NotIdeal).
 		Str("app", info.AppName).Msg("client connected")
 
+	// The read loop gets a goroutine of its own, started with a small
+	// stack: the handshake (NaCl, JSON, logging) ran deep on this one,
+	// and an idle connection's reader should not keep that stack.
 	r := newReader(sys, c, ob, rd)
-	err = r.run()
-	rd.Release()
-	sys.Send(c.PID, &readerDone{err: err, notIdeal: a.NotIdeal})
+	go func() {
+		err := r.run()
+		rd.Release()
+		sys.Send(c.PID, &readerDone{err: err, notIdeal: a.NotIdeal})
+	}()
+}
+
+// connLog is the logger for one connection's events. It is built when a
+// line is written rather than kept per connection: lines are rare, and a
+// logger with context fields costs every idle connection memory.
+func connLog(sys *actors.System, c *actors.Conn) *zerolog.Logger {
+	l := sys.Log.With().Uint64("conn", c.ID).Str("key", c.Key.ShortString()).Str("addr", c.Addr.String()).Logger()
+	return &l
 }
 
 // handshake writes ServerKey and reads and opens ClientInfo.
@@ -188,7 +199,7 @@ func isBenign(err error) bool {
 }
 
 // logDisconnect writes the one line an operator sees when a client leaves.
-func logDisconnect(log zerolog.Logger, err error, since time.Time) {
+func logDisconnect(log *zerolog.Logger, err error, since time.Time) {
 	ev := log.Info()
 	reason := "closed"
 	switch {

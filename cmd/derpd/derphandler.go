@@ -68,9 +68,10 @@ func (s *server) serveDERP(w http.ResponseWriter, r *http.Request) {
 		FastStart: fastStart,
 		NotIdeal:  r.Header.Get("Ideal-Node") != "",
 	}
-	// Serve on a fresh goroutine and let the HTTP server's goroutine, with
-	// its deeper stack, end: per idle connection that is memory saved.
-	go client.Serve(s.sys, s.clientCfg, a)
+	// The handshake runs here; Serve then moves the connection to a fresh,
+	// small-stacked goroutine and this one, with net/http's deep stack,
+	// ends: per idle connection that is memory saved.
+	client.Serve(s.sys, s.clientCfg, a)
 }
 
 // upgradeResponse is the exact 101 upstream writes; clients only check the
@@ -107,7 +108,7 @@ func (s *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		WebSocket: true,
 		MaxWrite:  wsMaxMessage,
 	}
-	go client.Serve(s.sys, s.clientCfg, a)
+	client.Serve(s.sys, s.clientCfg, a)
 }
 
 // cancelOnClose ends the WebSocket's context with the connection.

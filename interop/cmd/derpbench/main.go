@@ -170,7 +170,7 @@ func (b *bench) rates() []float64 {
 	if b.quick {
 		return []float64{50e3, 100e3, 200e3, 400e3}
 	}
-	return []float64{50e3, 100e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1000e3, 1200e3}
+	return []float64{50e3, 100e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1000e3, 1200e3, 1600e3, 2000e3, 2500e3, 3000e3}
 }
 
 func (b *bench) all() {
