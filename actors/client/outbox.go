@@ -66,8 +66,8 @@ type Outbox struct {
 	// while means the receiver is not taking data: senders must not wait
 	// for it.
 	writeStart atomic.Int64
-	closeOnce sync.Once
-	finished  chan struct{} // closed when the writer goroutine has exited
+	closeOnce  sync.Once
+	finished   chan struct{} // closed when the writer goroutine has exited
 
 	ctrlMu      sync.Mutex
 	ctrl        []ctrlFrame

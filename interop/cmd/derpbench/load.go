@@ -311,4 +311,3 @@ func (l *load) close() {
 	}
 	l.rwg.Wait()
 }
-

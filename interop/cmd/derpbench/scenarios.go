@@ -192,10 +192,10 @@ func idleMemory(srv *harness.Server, n int) (metrics, error) {
 		return nil, err
 	}
 	return metrics{
-		"conns":             float64(n),
-		"rss_kib":           float64(rss1),
-		"rss_per_conn_kib":  float64(rss1-rss0) / float64(n),
-		"baseline_rss_kib":  float64(rss0),
+		"conns":            float64(n),
+		"rss_kib":          float64(rss1),
+		"rss_per_conn_kib": float64(rss1-rss0) / float64(n),
+		"baseline_rss_kib": float64(rss0),
 	}, nil
 }
 
