@@ -25,6 +25,12 @@ type PacketSink interface {
 type Waiter struct {
 	timer *time.Timer
 
+	// Direct is set by the owner when the packet it is routing is the last
+	// it has read for now: a destination with nothing queued may then
+	// write it on the spot instead of waking its writer. Packets of a
+	// burst are left for the writer to batch.
+	Direct bool
+
 	// Counts since the owner last folded them into Stats.
 	Waits, Timeouts int64
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"net/netip"
 	"sync"
@@ -104,6 +105,34 @@ func (w *Writer) Flush() error {
 	w.flushBuf()
 	w.frames = 0
 	return w.err
+}
+
+// ErrWouldBlock is what a non-blocking write function returns when the
+// socket takes no more for now.
+var ErrWouldBlock = errors.New("write would block")
+
+// TryFlush writes what is buffered with write, a non-blocking write that
+// may take only part of it (returning ErrWouldBlock). What it does not take
+// stays buffered for a later Flush. It reports whether everything went.
+func (w *Writer) TryFlush(write func([]byte) (int, error)) (bool, error) {
+	if w.err != nil {
+		return false, w.err
+	}
+	for len(w.buf) > 0 {
+		n, err := write(w.buf)
+		if n > 0 {
+			w.buf = w.buf[:copy(w.buf, w.buf[n:])]
+		}
+		if errors.Is(err, ErrWouldBlock) {
+			return false, nil
+		}
+		if err != nil {
+			w.err = err
+			return false, err
+		}
+	}
+	w.frames = 0
+	return true, nil
 }
 
 // Release returns the buffer to the pool once nothing is buffered, so an

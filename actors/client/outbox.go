@@ -40,6 +40,7 @@ type Outbox struct {
 	sys          *actors.System
 	conn         net.Conn
 	w            *wire.Writer
+	direct       *directWriter // nil unless the socket allows non-blocking writes
 	writeTimeout time.Duration
 	kaInterval   time.Duration
 	owner        *actors.Conn // set by Serve before the outbox is reachable
@@ -47,13 +48,13 @@ type Outbox struct {
 	data  chan *wire.Packet
 	disco chan *wire.Packet
 	wake  chan struct{} // capacity 1: control frames are waiting
-	done  chan struct{} // closed by Close: the writer should stop
 
 	closed  atomic.Bool
 	started atomic.Bool // Start was called: the writer may run
-	// running is true while a writer goroutine exists. The writer is
-	// started on demand and exits after writerLinger without work, so an
-	// idle connection costs no goroutine stack on the write side.
+	// running is true while someone holds the writer's slot: a writer
+	// goroutine, started on demand and gone as soon as nothing is left to
+	// write (so an idle connection costs no stack on the write side), or a
+	// reader writing a lone packet directly.
 	running   atomic.Bool
 	keepAlive *time.Timer // set by Start before any writer runs
 	kaPeriod  time.Duration
@@ -110,12 +111,12 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 		sys:          sys,
 		conn:         conn,
 		w:            wire.NewWriter(conn, cfg.MaxWrite),
+		direct:       newDirectWriter(conn),
 		writeTimeout: cfg.WriteTimeout,
 		kaInterval:   cfg.KeepAlive,
 		data:         make(chan *wire.Packet, depth),
 		disco:        make(chan *wire.Packet, depth),
 		wake:         make(chan struct{}, 1),
-		done:         make(chan struct{}),
 		finished:     make(chan struct{}),
 	}
 }
@@ -133,6 +134,14 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 // ones that would be dropped, which is what makes relays collapse under
 // overload.
 func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
+	// A packet that arrives alone (its reader has nothing more buffered)
+	// at a connection with no writer running, and so nothing queued, is
+	// written right here, without handing it to another goroutine. Packets
+	// in a burst are queued instead, for the writer to send in one batch.
+	if w != nil && w.Direct && o.direct != nil && o.started.Load() && !o.running.Load() && o.running.CompareAndSwap(false, true) {
+		o.writeDirect(p)
+		return
+	}
 	kind := actors.KindOther
 	q := o.data
 	if p.IsDisco() {
@@ -270,7 +279,6 @@ func (o *Outbox) Start() {
 func (o *Outbox) Close() {
 	o.closeOnce.Do(func() {
 		o.closed.Store(true)
-		close(o.done)
 		// With no writer running, claim the writer's slot for good (no
 		// writer can start after this) and clean up here.
 		if o.running.CompareAndSwap(false, true) {
@@ -283,15 +291,10 @@ func (o *Outbox) Close() {
 // has exited.
 func (o *Outbox) Finished() <-chan struct{} { return o.finished }
 
-// writerLinger is how long a writer goroutine waits for more work before
-// it exits. Short enough that idle connections hold no writer; long enough
-// that a steady trickle of packets does not start one per packet.
-const writerLinger = 500 * time.Millisecond
-
-// run is the writer goroutine. Only one runs at a time (see running).
+// run is the writer goroutine. It exists only while there is something to
+// write, so an idle connection has none, and only one runs at a time (see
+// running).
 func (o *Outbox) run() {
-	linger := time.NewTimer(writerLinger)
-	defer linger.Stop()
 	for {
 		// Control frames first: that is how ServerInfo precedes every
 		// packet, even one routed here the instant the connection was
@@ -324,33 +327,56 @@ func (o *Outbox) run() {
 			o.finish()
 			return
 		}
-		// Idle: hold no buffer while waiting.
-		o.w.Release()
+		o.w.Release() // hold no buffer while idle
 		if o.closed.Load() {
 			o.finish()
 			return
 		}
-		linger.Reset(writerLinger)
-		select {
-		case <-o.done:
-			o.finish()
-			return
-		case p := <-o.disco:
-			o.armDeadline()
-			o.writePacket(p)
-		case p := <-o.data:
-			o.armDeadline()
-			o.writePacket(p)
-		case <-o.wake:
-		case <-linger.C:
-			// Give up the slot, then look once more: work queued after
-			// the last look but before the store above would otherwise
-			// wait for the next kick, which may never come.
-			o.running.Store(false)
-			if !o.hasWork() || !o.running.CompareAndSwap(false, true) {
-				return
-			}
+		if o.hasWork() {
+			continue
 		}
+		// The deadline armed for the last write would still be in force
+		// for the next writer, which may come much later; direct writes
+		// in particular must not find it expired.
+		if o.writeTimeout > 0 {
+			o.conn.SetWriteDeadline(time.Time{})
+		}
+		// Give up the slot, then look once more: work queued after the
+		// last look but before the store would otherwise wait for the
+		// next kick, which may never come.
+		o.running.Store(false)
+		if !o.hasWork() || !o.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// writeDirect writes p on the caller's goroutine, which holds the
+// writer's slot, with one non-blocking write. Whatever the socket does not
+// take at once, and anything queued meanwhile, is left to a writer
+// goroutine, which inherits the slot; the caller never waits on the
+// receiver.
+func (o *Outbox) writeDirect(p *wire.Packet) {
+	o.writeCtrl()
+	o.writePacket(p)
+	frames := o.w.Frames()
+	all, err := o.w.TryFlush(o.direct.write)
+	if err != nil {
+		o.fail(err)
+		o.finish()
+		return
+	}
+	if all {
+		o.flushed(frames)
+	}
+	if !all || o.hasWork() {
+		go o.run()
+		return
+	}
+	o.w.Release()
+	o.running.Store(false)
+	if o.hasWork() && o.running.CompareAndSwap(false, true) {
+		go o.run()
 	}
 }
 
@@ -380,6 +406,11 @@ func (o *Outbox) flush() {
 	o.writeStart.Store(time.Now().UnixNano())
 	o.w.Flush()
 	o.writeStart.Store(0)
+	o.flushed(frames)
+}
+
+// flushed does the bookkeeping of a completed flush of frames frames.
+func (o *Outbox) flushed(frames int) {
 	stats := o.sys.Stats
 	stats.NoteBatch(frames)
 	stats.AddSent(&o.sent)

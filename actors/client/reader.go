@@ -202,6 +202,7 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 	if rt := r.routes.Lookup(dst); rt != nil {
 		if rt.Local != nil {
 			p.QueuedAt = r.now
+			r.waiter.Direct = r.rd.Buffered() == 0
 			rt.Local.SendPacket(p, &r.waiter)
 			return
 		}

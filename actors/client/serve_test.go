@@ -396,3 +396,19 @@ func (s *testServer) syncRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A connection that was idle for longer than the write timeout must still
+// get its next packet: the deadline of its last write must not linger.
+// (The sleep is the scenario, idleness, not a wait for an actor.)
+func TestServeDeliversAfterIdleLongerThanWriteTimeout(t *testing.T) {
+	s := startTestServer(t, Config{WriteTimeout: 20 * time.Millisecond})
+	a := s.connect(t, clientInfo)
+	b := s.connect(t, clientInfo)
+	for i := range 3 {
+		a.send(b.pub, []byte{byte(i)})
+		if typ, body := b.readSkipping(); typ != wire.FrameRecvPacket || body[32] != byte(i) {
+			t.Fatalf("packet %d: got %v %x", i, typ, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

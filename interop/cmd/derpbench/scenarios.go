@@ -87,6 +87,7 @@ func latency(srv *harness.Server, pairs int, d time.Duration) (metrics, error) {
 	var mu sync.Mutex
 	var rtts []time.Duration
 	var failures atomic.Int64
+	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(d)
 	for _, p := range ps {
@@ -110,13 +111,15 @@ func latency(srv *harness.Server, pairs int, d time.Duration) (metrics, error) {
 			var local []time.Duration
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
-				if p.a.Send(p.b.Pub, payload) != nil {
+				if err := p.a.Send(p.b.Pub, payload); err != nil {
 					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
 					return
 				}
 				m, err := p.a.NextErr()
 				if err != nil {
 					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
 					return
 				}
 				if _, ok := m.(derp.ReceivedPacket); ok {
@@ -139,7 +142,7 @@ func latency(srv *harness.Server, pairs int, d time.Duration) (metrics, error) {
 		return nil, fmt.Errorf("latency round did not finish")
 	}
 	if len(rtts) == 0 {
-		return nil, fmt.Errorf("no round trips completed")
+		return nil, fmt.Errorf("no round trips completed: %v", firstErr.Load())
 	}
 	slices.Sort(rtts)
 	q := func(f float64) float64 {
