@@ -15,7 +15,7 @@ import (
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (server, client net.Conn) {
+func tcpPair(t testing.TB) (server, client net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,7 +63,7 @@ type outboxEnv struct {
 	rd  *wire.Reader
 }
 
-func newOutboxEnv(t *testing.T, cfg OutboxConfig) *outboxEnv {
+func newOutboxEnv(t testing.TB, cfg OutboxConfig) *outboxEnv {
 	d := actors.NewStepDispatcher()
 	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
 	rec := &recorder{}

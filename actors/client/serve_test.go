@@ -23,7 +23,7 @@ type testServer struct {
 	addr string
 }
 
-func startTestServer(t *testing.T, cfg Config) *testServer {
+func startTestServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
 	sys := actors.NewSystem(zerolog.Nop())
 	if cfg.PrivateKey.IsZero() {
@@ -52,7 +52,7 @@ func startTestServer(t *testing.T, cfg Config) *testServer {
 
 // testClient speaks DERP by hand, with the wire package.
 type testClient struct {
-	t    *testing.T
+	t    testing.TB
 	priv wire.NodePrivate
 	pub  wire.NodePublic
 	conn net.Conn
@@ -60,7 +60,7 @@ type testClient struct {
 	w    *wire.Writer
 }
 
-func (s *testServer) dial(t *testing.T) *testClient {
+func (s *testServer) dial(t testing.TB) *testClient {
 	t.Helper()
 	c, err := net.Dial("tcp", s.addr)
 	if err != nil {
@@ -80,7 +80,7 @@ func (s *testServer) dial(t *testing.T) *testClient {
 }
 
 // connect dials and completes the handshake with info.
-func (s *testServer) connect(t *testing.T, info wire.ClientInfo) *testClient {
+func (s *testServer) connect(t testing.TB, info wire.ClientInfo) *testClient {
 	t.Helper()
 	tc := s.dial(t)
 	tc.sendClientInfo(s.cfg.PublicKey, info)

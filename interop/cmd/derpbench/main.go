@@ -12,7 +12,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,6 +46,7 @@ type bench struct {
 	outDir  string
 	runs    []run
 	servers []harness.Kind
+	pprof   bool
 }
 
 func main() {
@@ -53,10 +56,11 @@ func main() {
 		size   = flag.Int("size", 1280, "packet payload bytes")
 		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,handshakes,scaling")
 		out    = flag.String("out", filepath.Join(harness.ModuleDir(), "bench-out"), "directory for JSON and plots")
+		prof   = flag.Bool("pprof", false, "save a CPU profile of each server during each measurement (in -out/pprof)")
 	)
 	flag.Parse()
 	raiseFileLimit()
-	b := &bench{rounds: *rounds, quick: *quick, size: *size, outDir: *out, servers: []harness.Kind{harness.Derpd, harness.Derper}}
+	b := &bench{rounds: *rounds, quick: *quick, size: *size, outDir: *out, servers: []harness.Kind{harness.Derpd, harness.Derper}, pprof: *prof}
 	if b.quick {
 		b.rounds = 1
 		window = time.Second
@@ -136,7 +140,9 @@ func (b *bench) measure(scenario string, params metrics, srvs map[harness.Kind]*
 			order = []harness.Kind{b.servers[1], b.servers[0]}
 		}
 		for _, k := range order {
+			stopProf := b.profile(srvs[k], scenario, params, r)
 			m, err := f(srvs[k])
+			stopProf()
 			ru := run{Scenario: scenario, Server: k, Round: r, Params: params, Metrics: m}
 			if err != nil {
 				ru.Err = err.Error()
@@ -371,4 +377,35 @@ func (b *bench) save() {
 	enc := json.NewEncoder(f)
 	enc.SetIndent("", " ")
 	enc.Encode(map[string]any{"when": time.Now().UTC(), "packet_size": b.size, "rounds": b.rounds, "runs": b.runs})
+}
+
+// profile fetches a CPU profile of srv while a measurement runs, when
+// -pprof is set. Both servers serve /debug/pprof to loopback.
+func (b *bench) profile(srv *harness.Server, scenario string, params metrics, round int) (wait func()) {
+	if !b.pprof {
+		return func() {}
+	}
+	dir := filepath.Join(b.outDir, "pprof")
+	os.MkdirAll(dir, 0o755)
+	name := fmt.Sprintf("%s-%s-%s-r%d.prof", scenario, srv.Kind, strings.ReplaceAll(fmtParams(params), " ", "_"), round)
+	secs := int((warmup + window).Seconds())
+	if scenario == "latency" {
+		secs = 3
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", srv.Addr(), secs))
+		if err != nil {
+			return
+		}
+		defer res.Body.Close()
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return
+		}
+		io.Copy(f, res.Body)
+		f.Close()
+	}()
+	return func() { <-done }
 }
