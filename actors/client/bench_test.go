@@ -94,4 +94,3 @@ func BenchmarkRelay(b *testing.B) {
 		b.Logf("%d packets dropped", d)
 	}
 }
-
