@@ -136,8 +136,17 @@ func (s *server) serveVarz(w http.ResponseWriter, r *http.Request) {
 	p.Sample("version", fmt.Sprintf(`version=%q,binary="derpd"`, version()), 1)
 	p.Header("go_version", "gauge")
 	p.Sample("go_version", fmt.Sprintf(`version=%q`, runtime.Version()), 1)
-	p.Counter("derpd_accept_rejected_connections", s.listener.rejected.Load())
-	p.Counter("derpd_accept_accepted_connections", s.listener.accepted.Load())
+	// Upstream counts these for its TLS listener only; derpd counts its
+	// main listener whatever it speaks, under the same names.
+	p.Counter("tls_listener_accepted_connections", s.listener.accepted.Load())
+	p.Counter("tls_listener_rejected_connections", s.listener.rejected.Load())
+	if s.certs != nil {
+		p.Header("derper_tls_request_version", "counter")
+		for v, n := range s.tlsVersions.snapshot() {
+			p.Sample("derper_tls_request_version", `version="`+v+`"`, float64(n))
+		}
+	}
+	s.bootstrap.writePrometheus(p)
 }
 
 // serveCheck cross-checks what the registry believes against the routing

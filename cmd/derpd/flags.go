@@ -141,9 +141,6 @@ func (o *options) checkSupported() error {
 	add := func(flagName, what string) {
 		problems = append(problems, fmt.Sprintf("-%s: %s is %v", flagName, what, errUnsupported))
 	}
-	if o.serveTLS() {
-		add("a/-certmode", "serving TLS (port 443 or -certmode=manual)")
-	}
 	switch o.certMode {
 	case "letsencrypt", "gcp", "manual":
 	default:
@@ -158,11 +155,10 @@ func (o *options) checkSupported() error {
 	if o.secretsURL != "" {
 		add("secrets-url", "fetching the mesh key from setec")
 	}
-	if o.bootstrapDNS != "" || o.unpublishedDNS != "" {
-		add("bootstrap-dns-names", "publishing bootstrap DNS")
-	}
 	if o.verifyClients {
-		add("verify-clients", "verifying clients against the local tailscaled")
+		// It needs a tailscaled on the same host answering LocalAPI WhoIs;
+		// -verify-client-url covers the same need without one.
+		add("verify-clients", "verifying clients against the local tailscaled (use -verify-client-url)")
 	}
 	if o.rateConfig != "" {
 		add("rate-config", "per-client rate limiting")

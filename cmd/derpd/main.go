@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	stdlog "log"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -94,6 +95,9 @@ type server struct {
 	upgradeResponse []byte
 	listener        *listener
 	stun            *stun.Server
+	certs           certSource // nil when serving plain HTTP
+	tlsVersions     tlsVersionCounter
+	bootstrap       *bootstrapDNS
 	started         time.Time
 }
 
@@ -133,18 +137,60 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		}).admit
 	}
 
+	s.bootstrap = newBootstrapDNS(opts.bootstrapDNS, opts.unpublishedDNS, net.DefaultResolver, log)
+	go s.bootstrap.run(ctx)
+
+	var meta []byte
+	if opts.serveTLS() {
+		if s.certs, err = newCertSource(opts, log); err != nil {
+			return err
+		}
+		if meta, err = metaCert(pub); err != nil {
+			return err
+		}
+	}
+
 	s.listener, err = listen(opts.addr, opts.tcpKeepAlive, opts.tcpUserTimeout, opts.acceptLimit, opts.acceptBurst)
 	if err != nil {
 		return err
 	}
+	var mainListener net.Listener = s.listener
+	mainHandler := s.routes()
 	httpSrv := &http.Server{
-		Handler:           s.routes(),
+		Handler:           mainHandler,
 		ReadHeaderTimeout: 30 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		// DERP needs HTTP/1.1 upgrades; never negotiate HTTP/2.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     newStdLogger(log),
+	}
+	servers := []*http.Server{httpSrv}
+	serveErr := make(chan error, 2)
+	if s.certs != nil {
+		// Without a deadline, stuck TLS handshakes (scanners, half-open
+		// connections) would pile up for ever; net/http's ReadTimeout
+		// covers them.
+		mainListener = tls.NewListener(s.listener, tlsConfig(s.certs, meta, &s.tlsVersions))
+		if opts.httpPort != -1 {
+			host, _, _ := net.SplitHostPort(opts.addr)
+			ln80, err := listen(net.JoinHostPort(host, strconv.Itoa(opts.httpPort)), opts.tcpKeepAlive, opts.tcpUserTimeout, math.Inf(1), 0)
+			if err != nil {
+				s.listener.Close()
+				return fmt.Errorf("-http-port: %w", err)
+			}
+			srv80 := &http.Server{
+				Handler:           s.certs.HTTPHandler(s.port80Handler(mainHandler)),
+				ReadHeaderTimeout: 30 * time.Second,
+				ReadTimeout:       30 * time.Second,
+				WriteTimeout:      5 * time.Minute,
+				ErrorLog:          newStdLogger(log),
+			}
+			servers = append(servers, srv80)
+			go func() { serveErr <- fmt.Errorf("port 80: %w", srv80.Serve(ln80)) }()
+			log.Info().Str("addr", ln80.Addr().String()).Msg("serving plain HTTP (captive-portal check, ACME, redirects)")
+		}
+		go s.reloadOnHUP(ctx)
 	}
 
 	if opts.runSTUN {
@@ -158,11 +204,15 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		log.Info().Str("addr", s.stun.LocalAddr().String()).Msg("serving STUN")
 	}
 
+	proto := "HTTP"
+	if s.certs != nil {
+		proto = "HTTPS"
+	}
 	log.Info().Str("addr", s.listener.Addr().String()).Str("server_key", pub.String()).
 		Bool("derp", opts.runDERP).Bool("mesh_key", !meshKey.IsZero()).Str("version", version()).
-		Msg("serving DERP over HTTP")
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpSrv.Serve(s.listener) }()
+		Str("hostname", opts.hostname).Str("certmode", opts.certMode).
+		Msg("serving DERP over " + proto)
+	go func() { serveErr <- httpSrv.Serve(mainListener) }()
 
 	select {
 	case err := <-serveErr:
@@ -170,18 +220,41 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info().Msg("shutting down")
-	s.shutdown(httpSrv)
+	s.shutdown(servers)
 	return nil
+}
+
+// reloadOnHUP re-reads certificates on SIGHUP, for operators who renew
+// manual certificates and want them live at once rather than at the next
+// periodic check.
+func (s *server) reloadOnHUP(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := s.certs.Reload(); err != nil {
+				s.log.Error().Err(err).Msg("SIGHUP: reloading certificates failed; keeping the old ones")
+			} else {
+				s.log.Info().Msg("SIGHUP: certificates reloaded")
+			}
+		}
+	}
 }
 
 // shutdown stops accepting, asks every client connection to close, and
 // waits (bounded) for them to go. Hijacked DERP connections are not the
 // HTTP server's to close, and protoactor's Shutdown stops no actor, so
 // both are done here.
-func (s *server) shutdown(httpSrv *http.Server) {
+func (s *server) shutdown(servers []*http.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	httpSrv.Shutdown(ctx)
+	for _, srv := range servers {
+		srv.Shutdown(ctx)
+	}
 	if s.stun != nil {
 		s.stun.Close()
 	}
@@ -256,7 +329,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("/derp/latency-check", serveProbe)
 	mux.HandleFunc("/generate_204", serveNoContent)
 	mux.HandleFunc("/robots.txt", serveRobots)
-	mux.HandleFunc("/bootstrap-dns", serveBootstrapDNS)
+	mux.HandleFunc("/bootstrap-dns", s.bootstrap.serveHTTP)
 	mux.Handle("/debug/", s.debugHandler())
 	mux.HandleFunc("/", s.serveHome)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -82,11 +82,11 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		args []string
 		flag string // the refusal must name it
 	}{
-		{[]string{"-a", ":443"}, "-a"},
-		{[]string{"-a", ":8443", "-certmode", "manual"}, "-certmode"},
 		{[]string{"-a", ":8080", "-mesh-with", "derp2.example.com"}, "-mesh-with"},
 		{[]string{"-a", ":8080", "-verify-clients"}, "-verify-clients"},
-		{[]string{"-a", ":8080", "-bootstrap-dns-names", "example.com"}, "-bootstrap-dns-names"},
+		{[]string{"-a", ":443", "-acme-ip-certs"}, "-acme-ip-certs"},
+		{[]string{"-a", ":8080", "-secrets-url", "https://setec.example"}, "-secrets-url"},
+		{[]string{"-a", ":8080", "-ace"}, "-ace"},
 		{[]string{"-a", ":8080", "-rate-config", "/etc/rate.json"}, "-rate-config"},
 		{[]string{"-a", ":8080", "-certmode", "bogus"}, "-certmode"},
 		{[]string{"-a", ":8080", "-log-format", "xml"}, "-log-format"},
@@ -104,10 +104,18 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 			t.Errorf("%q refused with %q, which does not name %s", c.args, err, c.flag)
 		}
 	}
-	// A plain-HTTP configuration with supported flags passes.
-	o, _ := parseFlags([]string{"-a", "127.0.0.1:8080", "-verify-client-url", "http://127.0.0.1:1/"})
-	if err := o.checkSupported(); err != nil {
-		t.Fatalf("supported configuration refused: %v", err)
+	// Supported configurations pass: plain HTTP with admission control,
+	// TLS with Let's Encrypt, manual certificates, bootstrap DNS.
+	for _, args := range [][]string{
+		{"-a", "127.0.0.1:8080", "-verify-client-url", "http://127.0.0.1:1/"},
+		{"-a", ":443", "-hostname", "derp.example.com"},
+		{"-a", ":8443", "-certmode", "manual"},
+		{"-a", ":8080", "-bootstrap-dns-names", "example.com", "-unpublished-bootstrap-dns-names", "a.example/b.example"},
+	} {
+		o, _ := parseFlags(args)
+		if err := o.checkSupported(); err != nil {
+			t.Errorf("%q refused: %v", args, err)
+		}
 	}
 }
 

@@ -94,15 +94,6 @@ It cannot read them.</p>
 	w.Write([]byte(b.String()))
 }
 
-// serveBootstrapDNS answers /bootstrap-dns. Publishing names is not
-// implemented yet (the flags are refused at start-up), so the answer is the
-// empty body upstream gives when none are configured.
-func serveBootstrapDNS(w http.ResponseWriter, r *http.Request) {
-	setBrowserHeaders(w.Header())
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Connection", "close")
-}
-
 func serveConnect(w http.ResponseWriter, r *http.Request) {
 	http.Error(w, "CONNECT not enabled", http.StatusForbidden)
 }

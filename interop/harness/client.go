@@ -2,14 +2,19 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"tailscale.com/derp"
 	"tailscale.com/derp/derphttp"
 	"tailscale.com/net/netmon"
+	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
 
@@ -71,6 +76,31 @@ func Dial(url string, priv key.NodePrivate, opts ...ClientOption) (*Client, erro
 	if err != nil {
 		return nil, err
 	}
+	return start(dc, priv, opts)
+}
+
+// DialRegion connects as Tailscale clients really do: through a DERP map
+// node (HostName for TLS, an IP to dial, a port), over TLS trusting roots
+// (nil: the system's), optionally pinning the certificate with certName
+// ("sha256-raw:<hex>").
+func DialRegion(srv *Server, priv key.NodePrivate, roots *x509.CertPool, certName string, opts ...ClientOption) (*Client, error) {
+	if priv.IsZero() {
+		priv = key.NewNode()
+	}
+	_, port, _ := net.SplitHostPort(srv.Addr())
+	p, _ := strconv.Atoi(port)
+	region := &tailcfg.DERPRegion{RegionID: 900, RegionCode: "test", Nodes: []*tailcfg.DERPNode{{
+		Name: "900a", RegionID: 900, HostName: srv.Opts.Hostname, IPv4: "127.0.0.1", IPv6: "none",
+		DERPPort: p, STUNPort: -1, CertName: certName,
+	}}}
+	dc := derphttp.NewRegionClient(priv, func(string, ...any) {}, netmon.NewStatic(), func() *tailcfg.DERPRegion { return region })
+	if roots != nil {
+		dc.TLSConfig = &tls.Config{RootCAs: roots}
+	}
+	return start(dc, priv, opts)
+}
+
+func start(dc *derphttp.Client, priv key.NodePrivate, opts []ClientOption) (*Client, error) {
 	dc.SetCanAckPings(true)
 	for _, o := range opts {
 		o(dc)

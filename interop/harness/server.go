@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -90,6 +91,13 @@ type Options struct {
 	Args      []string // extra flags
 	Env       []string // extra environment
 	KeyFile   string   // reuse this key file (for restart tests); empty: fresh
+
+	// TLS: with CertDir set, the server runs -certmode=manual with
+	// certificates from CertDir for Hostname, and speaks HTTPS.
+	CertDir  string
+	Hostname string
+	HTTPPort int // -http-port; 0 means -1 (off)
+	STUNPort int // > 0 turns STUN on at this UDP port
 }
 
 // Server is a running server process.
@@ -169,7 +177,19 @@ func Launch(opts Options, dir string) (*Server, error) {
 	if s.keyFile == "" {
 		s.keyFile = filepath.Join(dir, "derper.key")
 	}
-	args := []string{"-a", s.addr, "-c", s.keyFile, "-stun=false", "-http-port=-1"}
+	httpPort := "-1"
+	if opts.HTTPPort > 0 {
+		httpPort = strconv.Itoa(opts.HTTPPort)
+	}
+	args := []string{"-a", s.addr, "-c", s.keyFile, "-http-port=" + httpPort}
+	if opts.STUNPort > 0 {
+		args = append(args, "-stun=true", "-stun-port", strconv.Itoa(opts.STUNPort))
+	} else {
+		args = append(args, "-stun=false")
+	}
+	if opts.CertDir != "" {
+		args = append(args, "-certmode", "manual", "-certdir", opts.CertDir, "-hostname", opts.Hostname)
+	}
 	if opts.MeshKey != "" {
 		psk := filepath.Join(dir, "mesh.key")
 		if err := os.WriteFile(psk, []byte(opts.MeshKey+"\n"), 0o600); err != nil {
@@ -209,7 +229,7 @@ func (s *Server) waitReady(limit time.Duration) error {
 			return fmt.Errorf("exited: %v", s.exitErr)
 		default:
 		}
-		res, err := http.Head("http://" + s.addr + "/derp/probe")
+		res, err := s.HTTPClient().Head(s.BaseURL() + "/derp/probe")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
@@ -243,8 +263,31 @@ func (s *Server) Stop() {
 func (s *Server) Exited() <-chan struct{} { return s.exited }
 func (s *Server) ExitErr() error          { return s.exitErr }
 
-func (s *Server) Addr() string         { return s.addr }
-func (s *Server) URL() string          { return "http://" + s.addr + "/derp" }
+func (s *Server) Addr() string { return s.addr }
+func (s *Server) URL() string  { return s.BaseURL() + "/derp" }
+
+// TLS reports whether the server speaks HTTPS.
+func (s *Server) TLS() bool { return s.Opts.CertDir != "" }
+
+// BaseURL is http://addr or https://addr.
+func (s *Server) BaseURL() string {
+	if s.TLS() {
+		return "https://" + s.addr
+	}
+	return "http://" + s.addr
+}
+
+// HTTPClient talks to the server's main listener: over TLS it sends the
+// configured host name as SNI (the server refuses others) and does not
+// verify the chain (tests that care verify it themselves).
+func (s *Server) HTTPClient() *http.Client {
+	if !s.TLS() {
+		return http.DefaultClient
+	}
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{ServerName: s.Opts.Hostname, InsecureSkipVerify: true},
+	}}
+}
 func (s *Server) Output() string       { return s.out.String() }
 func (s *Server) Process() *os.Process { return s.cmd.Process }
 func (s *Server) KeyFile() string      { return s.keyFile }
@@ -265,7 +308,7 @@ func (s *Server) PublicKey() (key.NodePublic, error) {
 // Metrics fetches /debug/varz and returns every series by name, labels
 // sorted so either server's label order matches.
 func (s *Server) Metrics() (map[string]float64, error) {
-	res, err := http.Get("http://" + s.addr + "/debug/varz")
+	res, err := s.HTTPClient().Get(s.BaseURL() + "/debug/varz")
 	if err != nil {
 		return nil, err
 	}

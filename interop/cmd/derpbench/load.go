@@ -172,12 +172,18 @@ func (s *sender) run(stop <-chan struct{}, wg *sync.WaitGroup) {
 		}
 	}
 	// One buffer big enough for the largest catch-up, sliced per tick.
-	maxReps := int(s.rate*maxBacklog.Seconds()/float64(s.per)) + 2
+	// The backlog is at least one pattern, or slow senders never send.
+	backlog := max(s.rate*maxBacklog.Seconds(), float64(s.per))
+	maxReps := int(backlog/float64(s.per)) + 2
 	big := make([]byte, 0, maxReps*len(s.pattern))
 	for range maxReps {
 		big = append(big, s.pattern...)
 	}
-	tick := time.NewTicker(time.Millisecond)
+	// Tick every millisecond for fast senders; slow ones (1,000 pairs
+	// share the rate) tick about once per packet, up to every 10 ms, so
+	// the load generator does not spend its CPU on timers.
+	interval := min(max(time.Millisecond, time.Duration(float64(s.per)/s.rate*float64(time.Second))), 10*time.Millisecond)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	start := time.Now()
 	var done float64 // packets written so far, in pattern units of per
@@ -188,8 +194,8 @@ func (s *sender) run(stop <-chan struct{}, wg *sync.WaitGroup) {
 		case now := <-tick.C:
 			elapsed := now.Sub(start)
 			due := s.rate * elapsed.Seconds()
-			if behind := due - done; behind > s.rate*maxBacklog.Seconds() {
-				done = due - s.rate*maxBacklog.Seconds()
+			if behind := due - done; behind > backlog {
+				done = due - backlog
 			}
 			reps := min(int((due-done)/float64(s.per)), maxReps)
 			if reps <= 0 {
