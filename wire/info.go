@@ -91,25 +91,35 @@ var ErrClientInfo = errors.New("bad ClientInfo")
 // The body has already been bounded by the caller to
 // [MinClientInfoLen, MaxClientInfoLen].
 func ParseClientInfo(body []byte, server NodePrivate) (NodePublic, ClientInfo, error) {
+	client, ci, _, err := OpenClientInfo(body, server)
+	return client, ci, err
+}
+
+// OpenClientInfo is ParseClientInfo that also returns the shared key of
+// server and client, for sealing the ServerInfo reply without deriving it
+// a second time.
+func OpenClientInfo(body []byte, server NodePrivate) (NodePublic, ClientInfo, SharedKey, error) {
 	var ci ClientInfo
+	var shared SharedKey
 	if len(body) < MinClientInfoLen {
-		return NodePublic{}, ci, fmt.Errorf("%w: %d bytes is too short", ErrClientInfo, len(body))
+		return NodePublic{}, ci, shared, fmt.Errorf("%w: %d bytes is too short", ErrClientInfo, len(body))
 	}
 	if len(body) > MaxClientInfoLen {
-		return NodePublic{}, ci, fmt.Errorf("%w: %d bytes is too long", ErrClientInfo, len(body))
+		return NodePublic{}, ci, shared, fmt.Errorf("%w: %d bytes is too long", ErrClientInfo, len(body))
 	}
 	client := NodePublic(body[:KeyLen])
 	if client.IsZero() {
-		return client, ci, fmt.Errorf("%w: zero client key", ErrClientInfo)
+		return client, ci, shared, fmt.Errorf("%w: zero client key", ErrClientInfo)
 	}
-	plain, err := Open(nil, body[KeyLen:], client, server)
+	shared = Precompute(server, client)
+	plain, err := OpenShared(nil, body[KeyLen:], &shared)
 	if err != nil {
-		return client, ci, fmt.Errorf("%w: %w", ErrClientInfo, err)
+		return client, ci, shared, fmt.Errorf("%w: %w", ErrClientInfo, err)
 	}
 	if err := json.Unmarshal(plain, &ci); err != nil {
-		return client, ci, fmt.Errorf("%w: %w", ErrClientInfo, err)
+		return client, ci, shared, fmt.Errorf("%w: %w", ErrClientInfo, err)
 	}
-	return client, ci, nil
+	return client, ci, shared, nil
 }
 
 // AppendClientInfo builds a ClientInfo frame body (not the header): the
@@ -131,6 +141,16 @@ func AppendServerInfo(dst []byte, server NodePrivate, client NodePublic, si Serv
 		return dst, err
 	}
 	return Seal(dst, js, server, client), nil
+}
+
+// AppendServerInfoShared is AppendServerInfo with the precomputed key
+// from OpenClientInfo.
+func AppendServerInfoShared(dst []byte, shared *SharedKey, si ServerInfo) ([]byte, error) {
+	js, err := json.Marshal(si)
+	if err != nil {
+		return dst, err
+	}
+	return SealShared(dst, js, shared), nil
 }
 
 // ParseServerInfo opens a ServerInfo body (the client's side of the

@@ -500,3 +500,22 @@ func BenchmarkLooksLikeDisco(b *testing.B) {
 		}
 	}
 }
+
+func TestSharedKeyMatchesBox(t *testing.T) {
+	a, b := GenerateNodePrivate(), GenerateNodePrivate()
+	ka := Precompute(a, b.Public())
+	kb := Precompute(b, a.Public())
+	if ka != kb {
+		t.Fatal("the two sides derive different keys")
+	}
+	sealed := SealShared(nil, []byte("x"), &ka)
+	if plain, err := Open(nil, sealed, a.Public(), b); err != nil || string(plain) != "x" {
+		t.Fatalf("SealShared output does not open with Open: %v", err)
+	}
+	if plain, err := OpenShared(nil, Seal(nil, []byte("y"), a, b.Public()), &kb); err != nil || string(plain) != "y" {
+		t.Fatalf("Seal output does not open with OpenShared: %v", err)
+	}
+	if _, err := OpenShared(nil, sealed[:10], &kb); err == nil {
+		t.Fatal("short box opened")
+	}
+}

@@ -47,7 +47,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	conn := a.Conn
 	start := time.Now()
 	conn.SetDeadline(start.Add(HandshakeTimeout))
-	key, info, rd, err := handshake(cfg, a)
+	key, info, shared, rd, err := handshake(cfg, a)
 	if err == nil && cfg.Admit != nil && !isMesh(cfg, info) {
 		ctx, cancel := context.WithDeadline(context.Background(), start.Add(HandshakeTimeout))
 		err = cfg.Admit(ctx, key, a.Addr)
@@ -97,7 +97,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	})
 	ob.owner = c
 	c.Sink = ob
-	si, err := wire.AppendServerInfo(nil, cfg.PrivateKey, key, wire.ServerInfo{Version: wire.ProtocolVersion})
+	si, err := wire.AppendServerInfoShared(nil, &shared, wire.ServerInfo{Version: wire.ProtocolVersion})
 	if err != nil {
 		panic("client: ServerInfo: " + err.Error()) // JSON of a fixed struct
 	}
@@ -141,33 +141,36 @@ func connLog(sys *actors.System, c *actors.Conn) *zerolog.Logger {
 }
 
 // handshake writes ServerKey and reads and opens ClientInfo.
-func handshake(cfg *Config, a Accepted) (wire.NodePublic, wire.ClientInfo, *wire.Reader, error) {
+func handshake(cfg *Config, a Accepted) (wire.NodePublic, wire.ClientInfo, wire.SharedKey, *wire.Reader, error) {
 	var info wire.ClientInfo
 	var key wire.NodePublic
+	var shared wire.SharedKey
 	w := wire.NewWriter(a.Conn, a.MaxWrite)
 	w.WriteServerKey(cfg.PublicKey)
 	if err := w.Flush(); err != nil {
-		return key, info, nil, fmt.Errorf("writing ServerKey: %w", err)
+		return key, info, shared, nil, fmt.Errorf("writing ServerKey: %w", err)
 	}
 	w.Release()
 
 	rd := wire.NewReader(a.Conn, a.Prefix, wire.MaxClientInfoLen)
 	t, n, err := rd.ReadHeader()
 	if err != nil {
-		return key, info, rd, fmt.Errorf("reading ClientInfo header: %w", err)
+		return key, info, shared, rd, fmt.Errorf("reading ClientInfo header: %w", err)
 	}
 	if t != wire.FrameClientInfo {
-		return key, info, rd, fmt.Errorf("first frame is %v, want ClientInfo", t)
+		return key, info, shared, rd, fmt.Errorf("first frame is %v, want ClientInfo", t)
 	}
 	if n < wire.MinClientInfoLen {
-		return key, info, rd, fmt.Errorf("ClientInfo of %d bytes is too short", n)
+		return key, info, shared, rd, fmt.Errorf("ClientInfo of %d bytes is too short", n)
 	}
 	body := make([]byte, n)
 	if err := rd.ReadFull(body); err != nil {
-		return key, info, rd, fmt.Errorf("reading ClientInfo: %w", err)
+		return key, info, shared, rd, fmt.Errorf("reading ClientInfo: %w", err)
 	}
-	key, info, err = wire.ParseClientInfo(body, cfg.PrivateKey)
-	return key, info, rd, err
+	// One key derivation serves both opening ClientInfo and sealing
+	// ServerInfo: it is most of a handshake's CPU.
+	key, info, shared, err = wire.OpenClientInfo(body, cfg.PrivateKey)
+	return key, info, shared, rd, err
 }
 
 func isMesh(cfg *Config, info wire.ClientInfo) bool {
