@@ -2,50 +2,52 @@ package stun
 
 import (
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// Counters count requests by disposition and family, with upstream's
-// metric names so existing dashboards keep working.
-type Counters struct {
-	Success, NotSTUN, ReadError, WriteError atomic.Int64
-	IPv4, IPv6                              atomic.Int64
+// readBufLen holds any UDP datagram. Real requests are 40 bytes, but a
+// smaller buffer would silently truncate longer datagrams, and a truncated
+// prefix could parse as a request its sender never made.
+const readBufLen = 64 << 10
+
+// packetConn is the part of *net.UDPConn the server uses. It is an
+// interface only so tests can make reads fail on demand.
+type packetConn interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	LocalAddr() net.Addr
+	Close() error
 }
 
-// WritePrometheus writes the counters in the Prometheus text format.
-func (c *Counters) WritePrometheus(w io.Writer) {
-	fmt.Fprintf(w, "# TYPE stun_requests counter\n")
-	for _, d := range []struct {
-		name string
-		v    *atomic.Int64
-	}{{"success", &c.Success}, {"not_stun", &c.NotSTUN}, {"read_error", &c.ReadError}, {"write_error", &c.WriteError}} {
-		fmt.Fprintf(w, "stun_requests{disposition=%q} %d\n", d.name, d.v.Load())
-	}
-	fmt.Fprintf(w, "# TYPE stun_addrfamily counter\n")
-	fmt.Fprintf(w, "stun_addrfamily{family=\"ipv4\"} %d\n", c.IPv4.Load())
-	fmt.Fprintf(w, "stun_addrfamily{family=\"ipv6\"} %d\n", c.IPv6.Load())
-}
-
-// Server answers STUN on one UDP socket.
+// Server answers Tailscale STUN Binding Requests on one UDP socket.
+// Create it with Listen, run Serve once, stop it with Close.
 type Server struct {
 	Counters Counters
 
-	// OnError, if set, hears read and write errors; the caller decides
-	// how loudly (and how often) to log them.
+	// OnError, if set, is called from Serve's goroutine with every read
+	// and write error. The server only counts them; logging, and rate
+	// limiting the log, is the caller's business. Set it before Serve.
 	OnError func(error)
 
-	conn   *net.UDPConn
-	closed atomic.Bool
-	buf    [64 << 10]byte // the largest datagram; owned by Serve
-	resp   []byte         // reused response buffer; owned by Serve
+	conn      packetConn
+	serving   atomic.Bool
+	closed    atomic.Bool
+	done      chan struct{} // closed by Close, to cut a read back-off short
+	closeOnce sync.Once
+	wait      func(time.Duration) // test hook standing in for the back-off timer
+
+	// Owned by the Serve goroutine and reused for every datagram, so that
+	// answering a request does not allocate.
+	buf  [readBufLen]byte
+	resp [MaxResponseLen]byte
 }
 
-// Listen binds addr ("host:port"; an empty host listens on every
-// interface, IPv4 and IPv6).
+// Listen binds a UDP socket on addr ("host:port"). An empty host listens
+// on every interface, IPv4 and IPv6 alike where the system is dual-stack.
 func Listen(addr string) (*Server, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
@@ -55,35 +57,88 @@ func Listen(addr string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{conn: c, resp: make([]byte, 0, 64)}, nil
+	return newServer(c), nil
 }
 
-// LocalAddr is the bound address.
+func newServer(c packetConn) *Server {
+	return &Server{conn: c, done: make(chan struct{})}
+}
+
+// LocalAddr returns the address the server is bound to, with the port the
+// system picked if Listen was given port 0.
 func (s *Server) LocalAddr() netip.AddrPort {
-	return s.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	if ua, ok := s.conn.LocalAddr().(*net.UDPAddr); ok {
+		// net.IP keeps IPv4 in 16-byte form at times; report it as IPv4.
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
 }
 
-// Serve answers requests until Close.
+// Serve answers requests until Close is called, and then returns nil.
+// Read errors do not stop it: on UDP they are transient (an ICMP error
+// report surfacing, a momentary buffer shortage), so they are counted,
+// passed to OnError, and reading goes on. Serve may be called only once.
 func (s *Server) Serve() error {
+	if !s.serving.CompareAndSwap(false, true) {
+		return errors.New("stun: Serve called more than once")
+	}
+	failures := 0
 	for {
 		n, from, err := s.conn.ReadFromUDPAddrPort(s.buf[:])
 		if err != nil {
 			if s.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// UDP read errors are transient (an ICMP error surfacing,
-			// say); keep serving.
 			s.Counters.ReadError.Add(1)
 			s.report(err)
+			failures++
+			s.backOff(failures)
 			continue
 		}
+		failures = 0
 		s.handle(s.buf[:n], from)
 	}
 }
 
-// handle answers one datagram; it does not allocate.
+// readBackOff is how long to wait after the given number of consecutive
+// read errors. A lone error costs nothing, so one bad packet never delays
+// the next client; an error that keeps coming back (a socket gone bad)
+// would otherwise spin a CPU and flood OnError, so the wait doubles up to
+// a second, which is what upstream waits after every error.
+func readBackOff(consecutive int) time.Duration {
+	const maxWait = time.Second
+	if consecutive <= 1 {
+		return 0
+	}
+	if consecutive > 12 { // 1ms<<11 already exceeds maxWait
+		return maxWait
+	}
+	return min(time.Millisecond<<(consecutive-2), maxWait)
+}
+
+func (s *Server) backOff(consecutive int) {
+	d := readBackOff(consecutive)
+	if d == 0 {
+		return
+	}
+	if s.wait != nil {
+		s.wait(d)
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.done:
+	}
+}
+
+// handle deals with one datagram from the given peer. It must not
+// allocate: it runs once per datagram, and anyone on the Internet can
+// send those at line rate.
 func (s *Server) handle(b []byte, from netip.AddrPort) {
-	tx, ok := ParseBindingRequest(b)
+	txID, ok := ParseBindingRequest(b)
 	if !ok {
 		s.Counters.NotSTUN.Add(1)
 		return
@@ -93,8 +148,11 @@ func (s *Server) handle(b []byte, from netip.AddrPort) {
 	} else {
 		s.Counters.IPv6.Add(1)
 	}
-	s.resp = AppendBindingResponse(s.resp[:0], tx, from)
-	if _, err := s.conn.WriteToUDPAddrPort(s.resp, from); err != nil {
+	// Reply to from exactly as the kernel reported it: on a dual-stack
+	// socket an IPv4 peer must be addressed in its mapped form. Only the
+	// address inside the answer is un-mapped.
+	resp := AppendBindingResponse(s.resp[:0], txID, from)
+	if _, err := s.conn.WriteToUDPAddrPort(resp, from); err != nil {
 		s.Counters.WriteError.Add(1)
 		s.report(err)
 		return
@@ -108,8 +166,10 @@ func (s *Server) report(err error) {
 	}
 }
 
-// Close stops Serve.
+// Close closes the socket, which makes Serve return nil. Calling it
+// again returns the socket's error for a repeated close.
 func (s *Server) Close() error {
 	s.closed.Store(true)
+	s.closeOnce.Do(func() { close(s.done) })
 	return s.conn.Close()
 }

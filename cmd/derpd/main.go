@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -200,7 +201,12 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			s.listener.Close()
 			return fmt.Errorf("STUN: %w", err)
 		}
-		go s.stun.Serve()
+		s.stun.OnError = stunErrorLogger(log)
+		go func() {
+			if err := s.stun.Serve(); err != nil {
+				log.Error().Err(err).Msg("STUN server stopped")
+			}
+		}()
 		log.Info().Str("addr", s.stun.LocalAddr().String()).Msg("serving STUN")
 	}
 
@@ -353,4 +359,23 @@ type debugWriter struct{ log zerolog.Logger }
 func (w debugWriter) Write(p []byte) (int, error) {
 	w.log.Debug().Msg(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// stunErrorLogger logs STUN socket errors at most once every ten seconds,
+// with how many were suppressed: a failing UDP socket can report an error
+// per datagram, and the counters already tally them.
+func stunErrorLogger(log zerolog.Logger) func(error) {
+	var mu sync.Mutex
+	var last time.Time
+	var suppressed int
+	return func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) < 10*time.Second {
+			suppressed++
+			return
+		}
+		log.Warn().Err(err).Int("suppressed", suppressed).Msg("STUN socket error")
+		last, suppressed = time.Now(), 0
+	}
 }
