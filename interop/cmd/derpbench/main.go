@@ -57,6 +57,7 @@ func main() {
 		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,handshakes,scaling")
 		out    = flag.String("out", filepath.Join(harness.ModuleDir(), "bench-out"), "directory for JSON and plots")
 		prof   = flag.Bool("pprof", false, "save a CPU profile of each server during each measurement (in -out/pprof)")
+		report = flag.String("report", "", "measure nothing: print the table and redraw the plots (in -out) from this runs.json")
 	)
 	flag.Parse()
 	raiseFileLimit()
@@ -74,6 +75,13 @@ func main() {
 	if err := os.MkdirAll(b.outDir, 0o755); err != nil {
 		log.Fatal(err)
 	}
+	if *report != "" {
+		if err := b.load(*report); err != nil {
+			log.Fatal(err)
+		}
+		b.report()
+		return
+	}
 	for _, k := range b.servers {
 		if _, err := harness.Binary(k); err != nil {
 			log.Fatal(err)
@@ -82,13 +90,45 @@ func main() {
 	start := time.Now()
 	b.all()
 	b.save()
+	b.report()
+	log.Printf("done in %v; raw runs in %s", time.Since(start).Round(time.Second), b.outDir)
+}
+
+// report prints the table and writes it and the plots to the output
+// directory.
+func (b *bench) report() {
 	tab := b.table()
 	fmt.Print(tab)
-	os.WriteFile(filepath.Join(b.outDir, "table.md"), []byte(tab), 0o644)
+	if err := os.WriteFile(filepath.Join(b.outDir, "table.md"), []byte(tab), 0o644); err != nil {
+		log.Print(err)
+	}
 	if err := b.plots(); err != nil {
 		log.Printf("plots: %v", err)
 	}
-	log.Printf("done in %v; raw runs in %s", time.Since(start).Round(time.Second), b.outDir)
+}
+
+// load reads the runs a previous measurement saved, so that the table and
+// plots can be redrawn without measuring again.
+func (b *bench) load(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var saved struct {
+		PacketSize int `json:"packet_size"`
+		Runs       []run
+	}
+	if err := json.Unmarshal(data, &saved); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if len(saved.Runs) == 0 {
+		return fmt.Errorf("%s holds no runs", path)
+	}
+	b.runs = saved.Runs
+	if saved.PacketSize > 0 {
+		b.size = saved.PacketSize
+	}
+	return nil
 }
 
 // raiseFileLimit lifts the open-file limit to its hard maximum, for this
@@ -158,7 +198,7 @@ func (b *bench) measure(scenario string, params metrics, srvs map[harness.Kind]*
 			order = []harness.Kind{b.servers[1], b.servers[0]}
 		}
 		for _, k := range order {
-			stopProf := b.profile(srvs[k], scenario, params, r)
+			stopProf := b.profiler(srvs[k], scenario, params, r)
 			m, err := f(srvs[k])
 			stopProf()
 			ru := run{Scenario: scenario, Server: k, Round: r, Params: params, Metrics: m}
@@ -381,6 +421,19 @@ func (b *bench) zeroLossCapacity(scenario string, pairs int, k harness.Kind) flo
 	return best
 }
 
+// peak is the highest median of metric over the rates measured for a
+// pair count.
+func (b *bench) peak(scenario string, pairs int, k harness.Kind, metric string) float64 {
+	best := -1.0
+	for _, r := range b.runs {
+		if r.Scenario != scenario || r.Server != k || r.Params["pairs"] != float64(pairs) {
+			continue
+		}
+		best = max(best, b.median(scenario, k, r.Params, metric))
+	}
+	return best
+}
+
 func (b *bench) save() {
 	f, err := os.Create(filepath.Join(b.outDir, "runs.json"))
 	if err != nil {
@@ -393,33 +446,51 @@ func (b *bench) save() {
 	enc.Encode(map[string]any{"when": time.Now().UTC(), "packet_size": b.size, "rounds": b.rounds, "runs": b.runs})
 }
 
-// profile fetches a CPU profile of srv while a measurement runs, when
-// -pprof is set. Both servers serve /debug/pprof to loopback.
-func (b *bench) profile(srv *harness.Server, scenario string, params metrics, round int) (wait func()) {
+// windowStarts is called by a scenario when its measured window begins,
+// with the window's length; with -pprof it starts a CPU profile of the
+// server for that window, so that set-up (dialling, handshakes) stays out
+// of the profile.
+var windowStarts = func(time.Duration) {}
+
+// profiler arms windowStarts for one measurement of srv, when -pprof is
+// set, and returns a function that waits for the profile to be saved.
+func (b *bench) profiler(srv *harness.Server, scenario string, params metrics, round int) (wait func()) {
 	if !b.pprof {
+		windowStarts = func(time.Duration) {}
 		return func() {}
 	}
 	dir := filepath.Join(b.outDir, "pprof")
 	os.MkdirAll(dir, 0o755)
 	name := fmt.Sprintf("%s-%s-%s-r%d.prof", scenario, srv.Kind, strings.ReplaceAll(fmtParams(params), " ", "_"), round)
-	secs := int((warmup + window).Seconds())
-	if scenario == "latency" {
-		secs = 3
-	}
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", srv.Addr(), secs))
-		if err != nil {
+	started := false
+	windowStarts = func(d time.Duration) {
+		if started {
 			return
 		}
-		defer res.Body.Close()
-		f, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			return
+		started = true
+		go func() {
+			defer close(done)
+			secs := max(1, int(d.Seconds()))
+			res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", srv.Addr(), secs))
+			if err != nil {
+				log.Printf("pprof %s: %v", srv.Kind, err)
+				return
+			}
+			defer res.Body.Close()
+			f, err := os.Create(filepath.Join(dir, name))
+			if err != nil {
+				log.Print(err)
+				return
+			}
+			io.Copy(f, res.Body)
+			f.Close()
+		}()
+	}
+	return func() {
+		windowStarts = func(time.Duration) {}
+		if started {
+			<-done
 		}
-		io.Copy(f, res.Body)
-		f.Close()
-	}()
-	return func() { <-done }
+	}
 }

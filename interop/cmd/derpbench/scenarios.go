@@ -32,6 +32,7 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 	}
 	defer l.close()
 	time.Sleep(warmup)
+	windowStarts(window)
 	pid := srv.Process().Pid
 	p0, b0, s0 := l.packets.Load(), l.bytes.Load(), l.sent()
 	cpu := startCPU(pid)
@@ -89,6 +90,7 @@ func latency(srv *harness.Server, pairs int, d time.Duration) (metrics, error) {
 	var failures atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	windowStarts(d)
 	deadline := time.Now().Add(d)
 	for _, p := range ps {
 		wg.Add(1)
@@ -244,6 +246,7 @@ func dialMany(addr string, n, workers int) ([]*rawClient, error) {
 func handshakes(srv *harness.Server, workers int, d time.Duration) (metrics, error) {
 	var count, fails atomic.Int64
 	var wg sync.WaitGroup
+	windowStarts(d)
 	cpu := startCPU(srv.Process().Pid)
 	deadline := time.Now().Add(d)
 	t0 := time.Now()
