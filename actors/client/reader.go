@@ -26,8 +26,8 @@ func isProtocolError(err error) bool {
 }
 
 // reader is a connection's read loop. It owns the socket's read half, the
-// frame decoder and its local counters; it runs on the goroutine that
-// called Serve.
+// frame decoder and its local counters; Serve starts it on a goroutine of
+// its own once the handshake is done.
 type reader struct {
 	sys    *actors.System
 	conn   *actors.Conn
@@ -196,8 +196,9 @@ func (r *reader) forwardPacket(n uint32) error {
 	return nil
 }
 
-// route hands p to its destination or drops it. It never waits on another
-// connection.
+// route hands p to its destination or drops it. The only wait is the
+// bounded one inside SendPacket, for a destination that is draining its
+// queue; a destination that has stopped reading is never waited for.
 func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded bool) {
 	if rt := r.routes.Lookup(dst); rt != nil {
 		if rt.Local != nil {
