@@ -1,7 +1,9 @@
 package client
 
 import (
+	"errors"
 	"io"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -50,7 +52,13 @@ func BenchmarkRelay(b *testing.B) {
 		batch = append(batch, frame...)
 	}
 
-	// The receiver counts bytes until it has seen every packet sent.
+	// The receiver counts bytes until every packet sent has been either
+	// received or dropped. On two busy cores the receiver can go
+	// unscheduled long enough to look stalled, and then the relay drops
+	// for it, as it should; the benchmark must not wait for those.
+	dropped := func() int64 {
+		return s.sys.Stats.Dropped(actors.DropQueueHead, actors.KindOther) + s.sys.Stats.Dropped(actors.DropQueueTail, actors.KindOther)
+	}
 	var got sync.WaitGroup
 	want := make(chan int64, 1)
 	got.Add(1)
@@ -58,17 +66,20 @@ func BenchmarkRelay(b *testing.B) {
 		defer got.Done()
 		var n, target int64 = 0, -1
 		buf := make([]byte, 256<<10)
-		for target < 0 || n < target {
+		for {
 			select {
 			case target = <-want:
 			default:
 			}
-			rcv.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-			k, err := rcv.conn.Read(buf)
-			if err != nil {
+			if target >= 0 && n+dropped()*int64(frameLen) >= target {
 				return
 			}
+			rcv.conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			k, err := rcv.conn.Read(buf)
 			n += int64(k)
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
 		}
 	}()
 	// Warm the pools before measuring.
@@ -90,7 +101,5 @@ func BenchmarkRelay(b *testing.B) {
 	want <- int64(sent+warm*perWrite) * int64(frameLen)
 	got.Wait()
 	b.StopTimer()
-	if d := s.sys.Stats.Dropped(actors.DropQueueHead, actors.KindOther) + s.sys.Stats.Dropped(actors.DropQueueTail, actors.KindOther); d != 0 {
-		b.Logf("%d packets dropped", d)
-	}
+	b.ReportMetric(float64(dropped())/float64(b.N), "drops/op")
 }
