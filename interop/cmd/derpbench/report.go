@@ -50,13 +50,18 @@ func (b *bench) table() string {
 			})
 		}
 		if b.hasScenario("capacity") {
-			add("overload goodput at 20 pairs / own zero-loss capacity", "%", "derpd ≥ 70%", 0, true, func(k harness.Kind) float64 {
-				c := mbps(b.zeroLossCapacity("capacity", 20, k))
-				if c <= 0 {
-					return -1
+			for _, n := range []float64{20, 100} {
+				if !b.hasPoint("overload", metrics{"pairs": n}) {
+					continue
 				}
-				return 100 * b.median("overload", k, metrics{"pairs": 20}, "goodput_mbps") / c
-			})
+				add(fmt.Sprintf("overload goodput at %g pairs / own zero-loss capacity", n), "%", "derpd ≥ 70%", 0, true, func(k harness.Kind) float64 {
+					c := mbps(b.zeroLossCapacity("capacity", 20, k))
+					if c <= 0 {
+						return -1
+					}
+					return 100 * b.median("overload", k, metrics{"pairs": n}, "goodput_mbps") / c
+				})
+			}
 		}
 	}
 	if b.hasScenario("isolation") {
