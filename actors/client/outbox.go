@@ -107,10 +107,9 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 	if depth <= 0 {
 		depth = 32
 	}
-	return &Outbox{
+	o := &Outbox{
 		sys:          sys,
 		conn:         conn,
-		w:            wire.NewWriter(conn, cfg.MaxWrite),
 		direct:       newDirectWriter(conn),
 		writeTimeout: cfg.WriteTimeout,
 		kaInterval:   cfg.KeepAlive,
@@ -119,6 +118,21 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 		wake:         make(chan struct{}, 1),
 		finished:     make(chan struct{}),
 	}
+	o.w = wire.NewWriter(timedWriter{o}, cfg.MaxWrite)
+	return o
+}
+
+// timedWriter stamps writeStart around every blocking socket write,
+// whether it is the writer's own flush or one the wire.Writer makes
+// because a frame did not fit in its buffer: any of them can be the one
+// that blocks on a receiver that has stopped reading.
+type timedWriter struct{ o *Outbox }
+
+func (t timedWriter) Write(b []byte) (int, error) {
+	t.o.writeStart.Store(time.Now().UnixNano())
+	n, err := t.o.conn.Write(b)
+	t.o.writeStart.Store(0)
+	return n, err
 }
 
 // SendPacket queues a packet for this connection. Implements
@@ -403,9 +417,7 @@ func (o *Outbox) flush() {
 	if frames == 0 {
 		return
 	}
-	o.writeStart.Store(time.Now().UnixNano())
 	o.w.Flush()
-	o.writeStart.Store(0)
 	o.flushed(frames)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -298,5 +299,64 @@ func TestOutboxStalledReceiverHitsWriteDeadline(t *testing.T) {
 			t.Fatal("writer never timed out")
 		}
 		e.ob.SendPacket(packet(testKey(1), big), nil)
+	}
+}
+
+// gateConn is a connection whose writes block until it is closed, and
+// which reports the size of each write as it starts.
+type gateConn struct {
+	net.Conn // not used; calls other than these would panic
+	started  chan int
+	closed   chan struct{}
+	once     sync.Once
+}
+
+func newGateConn() *gateConn {
+	return &gateConn{started: make(chan int, 16), closed: make(chan struct{})}
+}
+
+func (g *gateConn) Write(b []byte) (int, error) {
+	g.started <- len(b)
+	<-g.closed
+	return 0, net.ErrClosed
+}
+
+func (g *gateConn) Close() error {
+	g.once.Do(func() { close(g.closed) })
+	return nil
+}
+
+func (g *gateConn) SetWriteDeadline(time.Time) error { return nil }
+
+// A write can block inside the wire.Writer, when a frame does not fit in
+// what is left of the buffer and the batch so far must go out first, not
+// only in the outbox's own flush. Senders must see that write as in
+// progress too: otherwise, with a receiver that has stopped reading, they
+// keep waiting for room instead of dropping for it.
+func TestOutboxMarksWritesBlockedMidBatch(t *testing.T) {
+	d := actors.NewStepDispatcher()
+	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
+	sys.Registry = sys.Root.Spawn(sys.Props(func() actor.Actor { return &recorder{} }))
+	d.RunUntilIdle()
+	conn := newGateConn()
+	ob := NewOutbox(sys, conn, OutboxConfig{KeepAlive: time.Hour})
+	ob.owner = &actors.Conn{ID: 1, Key: testKey(0xaa)}
+	defer ob.Close()
+	defer conn.Close()
+
+	// Queued before Start, so the writer finds both in one batch: the
+	// first fits under the flush threshold, the second does not fit
+	// beside it.
+	const first, second = 30 << 10, 60 << 10
+	ob.SendPacket(packet(testKey(1), make([]byte, first)), nil)
+	ob.SendPacket(packet(testKey(1), make([]byte, second)), nil)
+	ob.Start()
+
+	n := <-conn.started
+	if want := wire.HeaderLen + wire.KeyLen + first; n != want {
+		t.Fatalf("first write of %d bytes, want %d (the first packet alone, flushed mid-batch)", n, want)
+	}
+	if ob.writeStart.Load() == 0 {
+		t.Fatal("a write is blocked but writeStart is not set: senders would not see the receiver as stalled")
 	}
 }
