@@ -100,12 +100,6 @@ const (
 	// PeerGoneLen and PeerPresentLen are the body sizes this server writes.
 	PeerGoneLen    = KeyLen + 1
 	PeerPresentLen = KeyLen + 16 + 2 + 1
-
-	// MaxClientFrameLen caps how much any single client frame may claim.
-	// Larger claims are protocol violations that would otherwise let a
-	// client make the server discard gigabytes; the largest legitimate
-	// client frame is a ClientInfo.
-	MaxClientFrameLen = MaxClientInfoLen
 )
 
 // serverKeyMagic opens the ServerKey frame: "DERP" followed by the UTF-8

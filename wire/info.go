@@ -45,7 +45,7 @@ func (ci ClientInfo) MarshalJSON() ([]byte, error) {
 		AppName:     ci.AppName,
 	}
 	if !ci.MeshKey.IsZero() {
-		s := ci.MeshKey.String()
+		s := ci.MeshKey.Hex()
 		j.MeshKey = &s
 	}
 	return json.Marshal(j)
@@ -88,8 +88,7 @@ var ErrClientInfo = errors.New("bad ClientInfo")
 
 // ParseClientInfo checks a ClientInfo frame body and opens its box with
 // the server's private key. It returns the client's key and what it said.
-// The body has already been bounded by the caller to
-// [MinClientInfoLen, MaxClientInfoLen].
+// Bodies outside [MinClientInfoLen, MaxClientInfoLen] are refused.
 func ParseClientInfo(body []byte, server NodePrivate) (NodePublic, ClientInfo, error) {
 	client, ci, _, err := OpenClientInfo(body, server)
 	return client, ci, err

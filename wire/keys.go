@@ -49,13 +49,16 @@ func (k NodePrivate) Public() NodePublic {
 	return pub
 }
 
-// String returns the "privkey:<hex>" form. It is deliberately the only
-// way to print a private key, so a stray %v in a log line is visible in
-// review rather than silently safe.
-func (k NodePrivate) String() string { return nodePrivatePrefix + hex.EncodeToString(k[:]) }
+// String hides the key: a private key that reaches a log line through a
+// stray %v must not be readable there. MarshalText is the one way to write
+// the key itself (the key file does it through encoding/json).
+func (k NodePrivate) String() string { return nodePrivatePrefix + "<redacted>" }
 
-// MarshalText implements encoding.TextMarshaler with the "privkey:" form.
-func (k NodePrivate) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+// MarshalText implements encoding.TextMarshaler with the "privkey:<hex>"
+// form.
+func (k NodePrivate) MarshalText() ([]byte, error) {
+	return []byte(nodePrivatePrefix + hex.EncodeToString(k[:])), nil
+}
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (k *NodePrivate) UnmarshalText(b []byte) error {
@@ -110,7 +113,9 @@ func ParseNodePrivate(s string) (NodePrivate, error) {
 func parsePrefixedHex(s, prefix string, dst *[KeyLen]byte) error {
 	rest, ok := strings.CutPrefix(s, prefix)
 	if !ok {
-		return fmt.Errorf("key %q: missing %q prefix", truncateForError(s), prefix)
+		// The input is not quoted back: it may be a private key that
+		// only lacks its prefix.
+		return fmt.Errorf("key of %d characters: missing %q prefix", len(s), prefix)
 	}
 	return decodeHexKey(rest, dst)
 }
@@ -125,13 +130,6 @@ func decodeHexKey(s string, dst *[KeyLen]byte) error {
 	}
 	*dst = tmp
 	return nil
-}
-
-func truncateForError(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "…"
-	}
-	return s
 }
 
 // MeshKey is a region's pre-shared key. Connections that present it are
@@ -165,6 +163,9 @@ func (k MeshKey) Equal(other MeshKey) bool {
 	return subtle.ConstantTimeCompare(k[:], other[:]) == 1
 }
 
-// String returns the hex form, the way it is stored in a PSK file and sent
-// in ClientInfo.
-func (k MeshKey) String() string { return hex.EncodeToString(k[:]) }
+// String hides the key, for the same reason as NodePrivate.String.
+func (k MeshKey) String() string { return "meshkey:<redacted>" }
+
+// Hex returns the 64 hex digits, the form a PSK file holds and ClientInfo
+// carries.
+func (k MeshKey) Hex() string { return hex.EncodeToString(k[:]) }

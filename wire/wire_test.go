@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -67,8 +68,21 @@ func TestKeys(t *testing.T) {
 	if k, err := ParseNodePublic("nodekey:" + strings.ToUpper(rfcAlicePub)); err != nil || k != pub {
 		t.Fatalf("upper-case parse: %v %v", k, err)
 	}
-	if k, err := ParseNodePrivate(priv.String()); err != nil || k != priv {
+	text, _ := priv.MarshalText()
+	if k, err := ParseNodePrivate(string(text)); err != nil || k != priv {
 		t.Fatalf("privkey round trip: %v", err)
+	}
+	// Printing a secret by accident must not reveal it, and neither may
+	// the error for a key that only lacks its prefix.
+	var mesh MeshKey
+	copy(mesh[:], priv[:])
+	for _, s := range []string{priv.String(), fmt.Sprint(priv), fmt.Sprintf("%v", mesh)} {
+		if strings.Contains(s, rfcAlicePriv[:16]) {
+			t.Errorf("a secret key prints as %q", s)
+		}
+	}
+	if _, err := ParseNodePrivate(rfcAlicePriv); err == nil || strings.Contains(err.Error(), rfcAlicePriv[:16]) {
+		t.Errorf("ParseNodePrivate without the prefix: %v", err)
 	}
 	for _, bad := range []string{rfcAlicePub, "privkey:" + rfcAlicePub, "nodekey:" + rfcAlicePub[:62], "nodekey:" + strings.Repeat("zz", 32)} {
 		if _, err := ParseNodePublic(bad); err == nil {
@@ -87,7 +101,7 @@ func TestKeys(t *testing.T) {
 func TestMeshKey(t *testing.T) {
 	s := strings.Repeat("0a", 32)
 	k, err := ParseMeshKey(strings.ToUpper(s))
-	if err != nil || k.String() != s || k.IsZero() {
+	if err != nil || k.Hex() != s || k.IsZero() {
 		t.Fatalf("ParseMeshKey: %v %v", k, err)
 	}
 	for _, bad := range []string{s[:63], s + "0", strings.Repeat("g", 64), ""} {

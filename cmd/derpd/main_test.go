@@ -156,7 +156,7 @@ func TestMeshKeyFile(t *testing.T) {
 		return p
 	}
 	k, err := loadMeshKey(write("ok", "  \n"+hex64+"\n\t"), true)
-	if err != nil || k.IsZero() || k.String() != hex64 {
+	if err != nil || k.IsZero() || k.Hex() != hex64 {
 		t.Fatalf("whitespace-padded key: %v %v", k, err)
 	}
 	for name, content := range map[string]string{"63": hex64[:63], "65": hex64 + "a", "nothex": strings.Repeat("zz", 32)} {
