@@ -56,6 +56,10 @@ type ClosePeer struct {
 type Delivered struct {
 	Receiver *Conn
 	Source   wire.NodePublic
+	// Forwarded: the packet came in from a mesh peer, so its source is
+	// connected elsewhere in the region and being unknown here does not
+	// mean it has left.
+	Forwarded bool
 }
 
 // Messages to a client actor.

@@ -19,6 +19,10 @@ type Packet struct {
 	// QueuedAt is when the packet entered a destination queue, in the
 	// caller's clock units; it lets the writer measure queue residence.
 	QueuedAt int64
+
+	// Forwarded marks a packet a mesh peer relayed in (ForwardPacket): its
+	// source is connected to another server of the region, not here.
+	Forwarded bool
 }
 
 // recvPrefix is the part of a RecvPacket frame in front of the payload.
@@ -61,7 +65,7 @@ func NewPacket(payloadLen int) *Packet {
 // Release returns the packet to its pool. The packet must not be used
 // afterwards.
 func (p *Packet) Release() {
-	p.QueuedAt = 0
+	p.QueuedAt, p.Forwarded = 0, false
 	packetPools[p.class].Put(p)
 }
 

@@ -433,7 +433,7 @@ func (o *Outbox) flushed(frames int) {
 }
 
 func (o *Outbox) writePacket(p *wire.Packet) {
-	o.noteSource(p.Source())
+	o.noteSource(p.Source(), p.Forwarded)
 	if o.oldest == 0 {
 		o.oldest = p.QueuedAt
 	}
@@ -448,7 +448,7 @@ func (o *Outbox) writePacket(p *wire.Packet) {
 
 // noteSource tells the registry the first time this connection is sent a
 // packet from src, so that it hears PeerGone when src leaves.
-func (o *Outbox) noteSource(src wire.NodePublic) {
+func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 	if o.haveLast && src == o.lastSrc {
 		return
 	}
@@ -460,7 +460,7 @@ func (o *Outbox) noteSource(src wire.NodePublic) {
 		o.seen = make(map[wire.NodePublic]struct{})
 	}
 	o.seen[src] = struct{}{}
-	o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner, Source: src})
+	o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner, Source: src, Forwarded: forwarded})
 }
 
 func (o *Outbox) writeCtrl() {

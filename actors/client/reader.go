@@ -191,6 +191,7 @@ func (r *reader) forwardPacket(n uint32) error {
 		return err
 	}
 	p.SetSource(src)
+	p.Forwarded = true
 	r.sys.Stats.ForwardedIn.Add(1)
 	r.route(dst, p, p.IsDisco(), true)
 	return nil

@@ -253,9 +253,11 @@ func (r *Registry) delivered(ctx actor.Context, m *actors.Delivered) {
 	if !ok {
 		return
 	}
-	if _, here := r.keys[m.Source]; !here && !r.forwarded(m.Source) {
+	if _, here := r.keys[m.Source]; !here && !m.Forwarded && !r.forwarded(m.Source) {
 		// The source left while its packet was queued: the receiver has
-		// already missed the PeerGone it would have had.
+		// already missed the PeerGone it would have had. (A packet a mesh
+		// peer forwarded comes from a key connected elsewhere; it is only
+		// recorded, and PeerGone follows if the key ever leaves here.)
 		ctx.Send(m.Receiver.PID, &actors.SendPeerGone{Peer: m.Source, Reason: wire.PeerGoneDisconnected})
 		return
 	}

@@ -290,6 +290,28 @@ func TestDeliveredFromDepartedSourceAnswersAtOnce(t *testing.T) {
 	}
 }
 
+// A packet a mesh peer forwarded comes from a key connected to another
+// server: unknown here, but not gone. Treating it as departed would send
+// the receiver a false PeerGone for every such packet.
+func TestDeliveredFromMeshSourceIsOnlyRecorded(t *testing.T) {
+	h := newHarness(t)
+	b := h.connect(key(2), false)
+	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1), Forwarded: true})
+	if got := peerGones(b.take()); len(got) != 0 {
+		t.Fatalf("B got %v for a packet forwarded from key 1, want nothing", got)
+	}
+	if _, ok := h.r.recipients[key(1)][b.conn]; !ok {
+		t.Fatal("B is not recorded as having heard from key 1")
+	}
+	h.mustBeConsistent()
+	// Should key 1 then connect here and leave, B hears of it.
+	a := h.connect(key(1), false)
+	h.send(&actors.Unregister{Conn: a.conn})
+	if got := peerGones(b.take()); len(got) != 1 || got[0].Peer != key(1) {
+		t.Fatalf("B got %v after key 1 left, want one PeerGone", got)
+	}
+}
+
 func TestRecipientLeavingIsForgotten(t *testing.T) {
 	h := newHarness(t)
 	a := h.connect(key(1), false)
