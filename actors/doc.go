@@ -25,7 +25,9 @@
 //
 // # Message flow
 //
-//	reader ──Register/Unregister/WatchConns/ClosePeer/Activity──▶ registry
+//	Serve ──Register─────────────────────────────────────────────▶ registry
+//	reader ──WatchConns/ClosePeer/Activity───────────────────────▶ registry
+//	client actor ──Unregister (once its reader has ended)─────────▶ registry
 //	writer ──Delivered (first packet from a source)──────────────▶ registry
-//	registry ──SendPeerGone/SendPeerPresent/CloseConn────────────▶ client
+//	registry ──Registered/SendPeerGone/SendPeerPresence/CloseConn─▶ client
 package actors

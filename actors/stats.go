@@ -67,7 +67,7 @@ type Stats struct {
 	HomeConns         atomic.Int64
 	NotIdealConns     atomic.Int64
 	ClientsLocal      atomic.Int64 // keys with a local connection; set by the registry
-	ClientsRemote     atomic.Int64 // keys known only through mesh peers; set by the registry
+	ClientsRemote     atomic.Int64 // keys known only through mesh peers; stays 0 until derpd meshes (-mesh-with)
 	DupClientKeys     atomic.Int64
 	DupClientConns    atomic.Int64
 	DupClientTotal    atomic.Int64

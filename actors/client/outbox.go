@@ -75,7 +75,8 @@ type Outbox struct {
 	pong        [wire.PingDataLen]byte
 	pongPending bool
 
-	// Owned by the writer goroutine.
+	// Owned by whoever holds the writer's slot (see running): the writer
+	// goroutine, or a reader writing a lone packet directly.
 	spare    []ctrlFrame
 	seen     map[wire.NodePublic]struct{} // sources already reported Delivered
 	lastSrc  wire.NodePublic              // cache: consecutive packets usually share a source
@@ -153,8 +154,11 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	// written right here, without handing it to another goroutine. Packets
 	// in a burst are queued instead, for the writer to send in one batch.
 	if w != nil && w.Direct && o.direct != nil && o.started.Load() && !o.running.Load() && o.running.CompareAndSwap(false, true) {
-		o.writeDirect(p)
-		return
+		if o.writeDirect(p) {
+			return
+		}
+		// Control frames were waiting; a writer goroutine now sends them,
+		// and the packet queues behind them.
 	}
 	kind := actors.KindOther
 	q := o.data
@@ -230,8 +234,9 @@ func (o *Outbox) QueuePong(data [wire.PingDataLen]byte) {
 	o.signal()
 }
 
-// queueServerInfo queues the ServerInfo frame; Serve calls it before the
-// connection is registered, so it is the first frame the writer sends.
+// queueServerInfo queues the ServerInfo frame. The client actor calls it
+// once the registry has confirmed the registration, before Start, so it
+// is the first frame the writer sends.
 func (o *Outbox) queueServerInfo(body []byte) {
 	o.queueCtrl(ctrlFrame{typ: wire.FrameServerInfo, body: body})
 }
@@ -370,28 +375,49 @@ func (o *Outbox) run() {
 // take at once, and anything queued meanwhile, is left to a writer
 // goroutine, which inherits the slot; the caller never waits on the
 // receiver.
-func (o *Outbox) writeDirect(p *wire.Packet) {
-	o.writeCtrl()
+//
+// If control frames are waiting it writes nothing and returns false,
+// having handed the slot to a writer goroutine: they must go out before
+// the packet (ServerInfo before any packet, above all), and there may be
+// more of them than the write buffer holds, which would make the caller
+// block in a full flush.
+func (o *Outbox) writeDirect(p *wire.Packet) bool {
+	if o.ctrlWaiting() {
+		go o.run()
+		return false
+	}
 	o.writePacket(p)
 	frames := o.w.Frames()
 	all, err := o.w.TryFlush(o.direct.write)
 	if err != nil {
 		o.fail(err)
 		o.finish()
-		return
+		return true
 	}
 	if all {
 		o.flushed(frames)
 	}
 	if !all || o.hasWork() {
 		go o.run()
-		return
+		return true
 	}
 	o.w.Release()
 	o.running.Store(false)
 	if o.hasWork() && o.running.CompareAndSwap(false, true) {
 		go o.run()
 	}
+	return true
+}
+
+// ctrlWaiting reports whether control frames wait to be written.
+func (o *Outbox) ctrlWaiting() bool {
+	if o.kaDue.Load() {
+		return true
+	}
+	o.ctrlMu.Lock()
+	waiting := len(o.ctrl) > 0 || o.pongPending
+	o.ctrlMu.Unlock()
+	return waiting
 }
 
 // hasWork reports whether anything waits for a writer.

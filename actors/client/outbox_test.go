@@ -360,3 +360,47 @@ func TestOutboxMarksWritesBlockedMidBatch(t *testing.T) {
 		t.Fatal("a write is blocked but writeStart is not set: senders would not see the receiver as stalled")
 	}
 }
+
+// A sender's reader that writes a lone packet itself must never block on
+// the receiver. When control frames are waiting they go first, and with
+// them the packet may not fit in the write buffer; the packet must then
+// be left to a writer goroutine rather than flushed, blocking, by the
+// sender.
+func TestOutboxDirectWriteLeavesWaitingControlToTheWriter(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{}) // no write deadline: a blocked write stays blocked
+	if e.ob.direct == nil {
+		t.Skip("no direct writes on this platform")
+	}
+	// Fill the socket so that any blocking write would block for good.
+	near := e.ob.conn.(*net.TCPConn)
+	near.SetWriteBuffer(4096)
+	e.far.(*net.TCPConn).SetReadBuffer(4096)
+	junk := make([]byte, 64<<10)
+	near.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	for {
+		if _, err := near.Write(junk); err != nil {
+			break
+		}
+	}
+	near.SetWriteDeadline(time.Time{})
+	e.ob.started.Store(true) // as Start would, without its writer running
+
+	// A control frame queued while a writer held the slot: it waits.
+	e.ob.running.Store(true)
+	e.ob.QueuePeerGone(testKey(2), wire.PeerGoneDisconnected)
+	e.ob.running.Store(false)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w := &actors.Waiter{Direct: true}
+		e.ob.SendPacket(packet(testKey(1), make([]byte, wire.MaxPacketSize)), w)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		e.far.Close() // unblock the stuck sender before failing
+		e.ob.conn.Close()
+		t.Fatal("SendPacket blocked in a write to a receiver that is not reading")
+	}
+}
