@@ -11,7 +11,7 @@ import (
 // readBufSize is the per-connection read buffer while the connection has
 // data to read. Large enough that one read system call picks up dozens of
 // 1.3 KiB packets from a busy sender; it goes back to a pool whenever the
-// connection runs dry, so idle connections hold none.
+// connection runs dry, so idle connections hold none (see fill).
 const readBufSize = 64 << 10
 
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
@@ -22,9 +22,12 @@ var ErrFrameTooLarge = errors.New("frame length exceeds limit")
 
 // Reader decodes frames from a byte stream. It is owned by one goroutine.
 //
-// Steady-state reads do not allocate: the buffer comes from a pool, and on
-// plain TCP connections (see newRawSource) a reader that has consumed
-// everything gives its buffer back before waiting for more bytes.
+// Steady-state reads do not allocate: the buffer comes from a pool, and a
+// reader that has consumed everything gives its buffer back before
+// waiting for more bytes. On plain TCP (see newRawSource) it learns that
+// a read would wait from the socket itself; on other connections (TLS,
+// WebSocket) it waits by reading a few bytes into a small array of its
+// own.
 type Reader struct {
 	src      io.Reader
 	raw      *rawSource // nil unless the connection exposes its file descriptor
@@ -33,6 +36,10 @@ type Reader struct {
 	r, w     int        // unread bytes are buf[r:w]
 	maxFrame uint32
 	err      error // sticky
+
+	// idle receives the first bytes after the reader ran dry on a
+	// connection without a raw source; see fill.
+	idle [HeaderLen]byte
 }
 
 // NewReader returns a Reader of conn. prefix holds bytes already read from
@@ -65,6 +72,11 @@ func (rd *Reader) Buffered() int { return rd.w - rd.r }
 
 // ReadHeader reads the next frame header.
 func (rd *Reader) ReadHeader() (FrameType, uint32, error) {
+	if rd.raw == nil && rd.r == rd.w && rd.err == nil {
+		if err := rd.waitIdle(); err != nil {
+			return 0, 0, err
+		}
+	}
 	if err := rd.fill(HeaderLen); err != nil {
 		return 0, 0, err
 	}
@@ -102,6 +114,9 @@ func (rd *Reader) ReadFull(p []byte) error {
 // rather than into a caller's array with ReadFull, keeps the array from
 // escaping to the heap on every packet.
 func (rd *Reader) Next(n int) ([]byte, error) {
+	if n < 0 || n > readBufSize {
+		return nil, fmt.Errorf("wire: Next(%d) outside [0, %d]", n, readBufSize)
+	}
 	if err := rd.fill(n); err != nil {
 		return nil, midFrame(err)
 	}
@@ -186,6 +201,30 @@ func (rd *Reader) fill(n int) error {
 			}
 			if err == io.EOF && rd.w > rd.r {
 				err = io.ErrUnexpectedEOF
+			}
+			rd.err = err
+			return err
+		}
+	}
+	return nil
+}
+
+// waitIdle waits for the next frame on a connection without a raw source,
+// with nothing unread. The wait may last as long as the client stays
+// quiet, so it holds no pooled buffer: it reads the first bytes into
+// rd.idle, and fill takes a buffer from the pool once they are in. (For
+// TLS the rest of the record is decrypted by then, so the next read costs
+// no system call.) Only frame boundaries wait this way; inside a frame
+// the bytes are already on their way.
+func (rd *Reader) waitIdle() error {
+	rd.dropBuffer()
+	rd.buf, rd.r, rd.w = rd.idle[:], 0, 0
+	for rd.w == 0 {
+		m, err := rd.src.Read(rd.buf)
+		rd.w = m
+		if err != nil {
+			if m > 0 {
+				return nil // fill reports the error after these bytes
 			}
 			rd.err = err
 			return err
