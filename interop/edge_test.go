@@ -132,7 +132,7 @@ func TestSIGHUPReloadsManualCertificate(t *testing.T) {
 		t.Fatalf("serial %d", s)
 	}
 	ca.Issue(t, dir, tlsHost, 3)
-	srv.Process().Signal(syscall.SIGHUP)
+	srv.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(harness.Wait)
 	for serial() != 3 {
 		if time.Now().After(deadline) {

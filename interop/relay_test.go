@@ -73,7 +73,7 @@ func TestBadSendPacketClosesSender(t *testing.T) {
 			rc.ExpectClosed()
 		})
 	}
-	b.Sync(t) // nothing was delivered to b, and b is fine
+	b.SyncPackets(t, connect(t, srv)) // nothing was delivered to b, and b is fine
 }
 
 // §9.12: ping is answered with its first 8 bytes; 7 or 1001 bytes close.
@@ -226,20 +226,45 @@ func TestStalledReceiverDropsOldest(t *testing.T) {
 		tc.SetReadBuffer(4096)
 	}
 	rc.Handshake(`{"version":2}`)
-	before := srv.Metric(t, `derp_packets_dropped{reason="queue_head",kind="other"}`)
+	dst := fromWire(rc.Pub)
+	const headDrops = `derp_packets_dropped{reason="queue_head",kind="other"}`
+	const discoDrops = `derp_packets_dropped{reason="queue_head",kind="disco"}`
+
+	// Fill the socket buffers and the data queue.
 	big := make([]byte, 60<<10)
-	for i := 0; i < 400; i++ {
-		if err := sender.Send(fromWire(rc.Pub), big); err != nil {
+	for range 400 {
+		if err := sender.Send(dst, big); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sender.Sync(t) // every packet has been read and queued or dropped
-	after := srv.Metric(t, `derp_packets_dropped{reason="queue_head",kind="other"}`)
-	if after-before < 100 {
-		t.Fatalf("queue_head drops rose by %v for 400 packets to a stalled receiver, want most of them", after-before)
+	before := srv.Metric(t, headDrops)
+	if before == 0 {
+		t.Fatal("400 packets of 60 KiB to a receiver that does not read, and no queue_head drop")
 	}
-	if d := srv.Metric(t, `derp_packets_dropped{reason="queue_head",kind="disco"}`); d != 0 {
-		t.Fatalf("disco drops = %v", d)
+	// The queue is full and the writer is stuck: each further packet now
+	// pushes out exactly one, the oldest.
+	const more = 50
+	for range more {
+		if err := sender.Send(dst, big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Disco packets have a queue of their own, 32 deep, which is empty.
+	for i := range 20 {
+		if err := sender.Send(dst, disco(byte(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sender.Sync(t)
+	if got := srv.Metric(t, headDrops) - before; got != more {
+		t.Fatalf("%d more packets to a full queue dropped %v, want exactly %d", more, got, more)
+	}
+	if d := srv.Metric(t, discoDrops); d != 0 {
+		t.Fatalf("20 disco packets into an empty disco queue dropped %v", d)
+	}
+	if n := srv.Metric(t, "derp_current_connections"); n != 2 {
+		t.Fatalf("current connections = %v: the stalled receiver was cut off during the test (write deadline), so the counts above mean less", n)
 	}
 }
 

@@ -210,10 +210,13 @@ func (c *Client) ExpectPeerGone(tb testing.TB, peer key.NodePublic, reason derp.
 	}
 }
 
-// Sync proves that nothing else is pending: it pings the server and
-// requires the pong to be the next message. Anything the server queued
-// for this client before answering the ping arrives first and fails the
-// test, which is how absence is tested without waiting.
+// Sync proves that no control frame (PeerGone, PeerPresent) is pending:
+// it pings the server and requires the pong to be the next message.
+// Anything the server queued for this client's control queue before
+// answering the ping arrives first and fails the test, which is how
+// absence is tested without waiting. It proves nothing about data
+// packets: a server may write its control frames ahead of queued
+// packets (derpd does). For those, see SyncPackets.
 func (c *Client) Sync(tb testing.TB) {
 	tb.Helper()
 	var data [8]byte
@@ -224,6 +227,39 @@ func (c *Client) Sync(tb testing.TB) {
 	m := c.Next(tb)
 	if pong, ok := m.(derp.PongMessage); !ok || pong != derp.PongMessage(data) {
 		tb.Fatalf("client %v got %T %+v before its pong", c.Pub.ShortString(), m, m)
+	}
+}
+
+// SyncPackets proves that no data packet is pending for this client: a
+// marker packet sent now by from must be the next packet it receives (a
+// destination's packets keep their order). Control frames met on the way
+// fail the test too.
+func (c *Client) SyncPackets(tb testing.TB, from *Client) {
+	tb.Helper()
+	marker := []byte("sync-packets-marker")
+	if err := from.Send(c.Pub, marker); err != nil {
+		tb.Fatal(err)
+	}
+	c.ExpectPacket(tb, from.Pub, marker)
+}
+
+// ExpectKeepAlive waits up to d for a KeepAlive; other messages are
+// skipped.
+func (c *Client) ExpectKeepAlive(tb testing.TB, d time.Duration) {
+	tb.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case m := <-c.msgs:
+			if _, ok := m.(derp.KeepAliveMessage); ok {
+				return
+			}
+		case err := <-c.errs:
+			c.errs <- err
+			tb.Fatalf("client %v: %v before a keepalive", c.Pub.ShortString(), err)
+		case <-deadline:
+			tb.Fatalf("client %v: no keepalive within %v", c.Pub.ShortString(), d)
+		}
 	}
 }
 

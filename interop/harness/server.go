@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -110,6 +111,8 @@ type Server struct {
 	out     *syncBuffer
 	exited  chan struct{}
 	exitErr error
+	asked   atomic.Bool // someone asked the server to stop
+	killed  atomic.Bool // it had to be killed
 }
 
 // syncBuffer collects process output from two pipes.
@@ -150,7 +153,21 @@ func Start(tb testing.TB, opts Options) *Server {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
+		// A server that died during the test must fail it, whatever the
+		// test checked: a crash looks like a closed connection to many.
+		crashed := false
+		select {
+		case <-s.exited:
+			if !s.asked.Load() {
+				crashed = true
+				tb.Errorf("%s exited during the test, unasked: %v", s.Kind, s.exitErr)
+			}
+		default:
+		}
 		s.Stop()
+		if s.Kind == Derpd && !crashed && !s.killed.Load() && s.exitErr != nil {
+			tb.Errorf("derpd exited with %v when stopped, want status 0", s.exitErr)
+		}
 		if tb.Failed() {
 			tb.Logf("%s output:\n%s", s.Kind, s.Output())
 		}
@@ -245,6 +262,7 @@ func (s *Server) waitReady(limit time.Duration) error {
 
 // Stop terminates the server: SIGTERM, then SIGKILL if it lingers.
 func (s *Server) Stop() {
+	s.asked.Store(true)
 	select {
 	case <-s.exited:
 		return
@@ -254,9 +272,19 @@ func (s *Server) Stop() {
 	select {
 	case <-s.exited:
 	case <-time.After(10 * time.Second):
+		s.killed.Store(true)
 		s.cmd.Process.Kill()
 		<-s.exited
 	}
+}
+
+// Signal sends sig to the server. SIGTERM and SIGINT count as asking it
+// to stop, so that its exit does not fail the test.
+func (s *Server) Signal(sig os.Signal) error {
+	if sig == syscall.SIGTERM || sig == os.Interrupt {
+		s.asked.Store(true)
+	}
+	return s.cmd.Process.Signal(sig)
 }
 
 // Exited is closed when the process has ended; ExitErr says how.
@@ -331,6 +359,24 @@ func (s *Server) Metric(tb testing.TB, name string) float64 {
 		tb.Fatalf("metric %s not exported by %s", name, s.Kind)
 	}
 	return v
+}
+
+// WaitMetric polls a series until it equals want, for state the server
+// changes on its own time (a disconnect it has yet to notice); it fails
+// the test after Wait.
+func (s *Server) WaitMetric(tb testing.TB, name string, want float64) {
+	tb.Helper()
+	deadline := time.Now().Add(Wait)
+	for {
+		got := s.Metric(tb, name)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s = %v after %v, want %v", name, got, Wait, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // ParseMetrics reads the Prometheus text format.
