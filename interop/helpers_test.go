@@ -1,6 +1,7 @@
 package interop
 
 import (
+	"os"
 	"testing"
 
 	"github.com/derpd/derpd/interop/harness"
@@ -8,6 +9,13 @@ import (
 	"go4.org/mem"
 	"tailscale.com/types/key"
 )
+
+// TestMain removes the server binaries the suite built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	harness.RemoveBinaries()
+	os.Exit(code)
+}
 
 func start(t *testing.T, opts harness.Options) *harness.Server {
 	t.Helper()

@@ -183,6 +183,35 @@ func TestPeerGoneDisconnected(t *testing.T) {
 	c.Sync(t)
 }
 
+// §9.17 on the wire: PeerGone is 33 bytes, the key and a reason byte.
+// Tailscale's client reads a 32-byte PeerGone as reason 0, so only raw
+// bytes show the reason is really sent.
+func TestPeerGoneFrameLayout(t *testing.T) {
+	srv := start(t, harness.Options{})
+	a := connect(t, srv)
+	rc := harness.DialRaw(t, srv, false)
+	rc.Handshake(`{"version":2}`)
+	if err := a.Send(fromWire(rc.Pub), []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body := rc.ReadFrame(); typ != wire.FrameRecvPacket || string(body[32:]) != "hi" {
+		t.Fatalf("got %v %q, want the packet", typ, body)
+	}
+	a.Close()
+	for {
+		typ, body := rc.ReadFrame()
+		if typ == wire.FrameKeepAlive {
+			continue
+		}
+		ak := toWire(a.Pub)
+		want := append(ak[:], 0x00)
+		if typ != wire.FramePeerGone || string(body) != string(want) {
+			t.Fatalf("got %v %x, want PeerGone %x", typ, body, want)
+		}
+		return
+	}
+}
+
 // §9.18: the newest connection of a key receives; an older one that
 // speaks takes over; the older one is never closed for being a duplicate.
 func TestDuplicateKeys(t *testing.T) {

@@ -46,10 +46,9 @@ func TargetFromEnv() Kind {
 }
 
 var (
-	buildMu   sync.Mutex
-	built     = map[Kind]string{}
-	buildDir  string
-	buildOnce sync.Once
+	buildMu  sync.Mutex
+	built    = map[Kind]string{}
+	buildDir string
 )
 
 // ModuleDir is the interop module's directory.
@@ -65,10 +64,12 @@ func Binary(kind Kind) (string, error) {
 	if p, ok := built[kind]; ok {
 		return p, nil
 	}
-	var err error
-	buildOnce.Do(func() { buildDir, err = os.MkdirTemp("", "derpd-interop-bin") })
-	if err != nil {
-		return "", err
+	if buildDir == "" {
+		d, err := os.MkdirTemp("", "derpd-interop-bin")
+		if err != nil {
+			return "", err
+		}
+		buildDir = d
 	}
 	pkg := map[Kind]string{Derpd: "github.com/derpd/derpd/cmd/derpd", Derper: "tailscale.com/cmd/derper"}[kind]
 	if pkg == "" {
@@ -82,6 +83,17 @@ func Binary(kind Kind) (string, error) {
 	}
 	built[kind] = out
 	return out, nil
+}
+
+// RemoveBinaries deletes the servers Binary built; call it once nothing
+// will start a server again (TestMain, the end of a tool).
+func RemoveBinaries() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	buildDir, built = "", map[Kind]string{}
 }
 
 // Options are what a test may vary about a server.
@@ -180,6 +192,9 @@ func Start(tb testing.TB, opts Options) *Server {
 func Launch(opts Options, dir string) (*Server, error) {
 	if opts.Kind == "" {
 		opts.Kind = TargetFromEnv()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
 	}
 	bin, err := Binary(opts.Kind)
 	if err != nil {
@@ -366,14 +381,25 @@ func (s *Server) Metric(tb testing.TB, name string) float64 {
 // the test after Wait.
 func (s *Server) WaitMetric(tb testing.TB, name string, want float64) {
 	tb.Helper()
+	s.waitMetric(tb, name, func(v float64) bool { return v == want }, fmt.Sprint(want))
+}
+
+// WaitMetricAtLeast is WaitMetric for a series that must reach min.
+func (s *Server) WaitMetricAtLeast(tb testing.TB, name string, min float64) {
+	tb.Helper()
+	s.waitMetric(tb, name, func(v float64) bool { return v >= min }, fmt.Sprint("at least ", min))
+}
+
+func (s *Server) waitMetric(tb testing.TB, name string, ok func(float64) bool, want string) {
+	tb.Helper()
 	deadline := time.Now().Add(Wait)
 	for {
 		got := s.Metric(tb, name)
-		if got == want {
+		if ok(got) {
 			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("%s = %v after %v, want %v", name, got, Wait, want)
+			tb.Fatalf("%s = %v after %v, want %s", name, got, Wait, want)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -47,6 +47,7 @@ type bench struct {
 	runs    []run
 	servers []harness.Kind
 	pprof   bool
+	turns   int // rounds measured so far, for alternating the order
 }
 
 func main() {
@@ -91,6 +92,7 @@ func main() {
 	b.all()
 	b.save()
 	b.report()
+	harness.RemoveBinaries()
 	log.Printf("done in %v; raw runs in %s", time.Since(start).Round(time.Second), b.outDir)
 }
 
@@ -147,28 +149,25 @@ func (b *bench) want(s string) bool { return b.only == nil || b.only[s] }
 // them. A fresh start per scenario keeps one scenario's leftovers (memory,
 // goroutines) out of the next.
 func (b *bench) withServers(f func(map[harness.Kind]*harness.Server)) {
-	srvs := map[harness.Kind]*harness.Server{}
-	for _, k := range b.servers {
-		s, err := harness.Launch(harness.Options{Kind: k}, mustTemp())
-		if err != nil {
-			log.Fatal(err)
-		}
-		srvs[k] = s
+	dir, err := os.MkdirTemp("", "derpbench")
+	if err != nil {
+		log.Fatal(err)
 	}
+	defer os.RemoveAll(dir)
+	srvs := map[harness.Kind]*harness.Server{}
 	defer func() {
 		for _, s := range srvs {
 			s.Stop()
 		}
 	}()
-	f(srvs)
-}
-
-func mustTemp() string {
-	d, err := os.MkdirTemp("", "derpbench")
-	if err != nil {
-		log.Fatal(err)
+	for _, k := range b.servers {
+		s, err := harness.Launch(harness.Options{Kind: k}, filepath.Join(dir, string(k)))
+		if err != nil {
+			log.Panic(err) // unlike Fatal, runs the deferred Stop of the other server
+		}
+		srvs[k] = s
 	}
-	return d
+	f(srvs)
 }
 
 // measureFresh is measure with new servers for every round: resident
@@ -189,14 +188,17 @@ func (b *bench) measureFresh(scenario string, params metrics, f func(*harness.Se
 	}
 }
 
-// measure runs f for every round and server, alternating servers (A B A
-// B …) so slow drift of the machine affects both alike.
+// measure runs f for every round and server, alternating which server
+// goes first (A B, B A, A B …) across the whole run, so slow drift of the
+// machine, and whatever the previous measurement left behind, affects
+// both alike.
 func (b *bench) measure(scenario string, params metrics, srvs map[harness.Kind]*harness.Server, f func(*harness.Server) (metrics, error)) {
 	for r := range b.rounds {
 		order := b.servers
-		if r%2 == 1 {
+		if b.turns%2 == 1 {
 			order = []harness.Kind{b.servers[1], b.servers[0]}
 		}
+		b.turns++
 		for _, k := range order {
 			stopProf := b.profiler(srvs[k], scenario, params, r)
 			m, err := f(srvs[k])

@@ -22,7 +22,7 @@ var serverColors = map[harness.Kind]color.Color{
 // scaling curves, one line per server.
 func (b *bench) plots() error {
 	if b.hasScenario("capacity") {
-		if err := b.linePlot("capacity.png", "Delivered vs offered load, 20 pairs, 1280-byte packets",
+		if err := b.linePlot("capacity.png", fmt.Sprintf("Delivered vs offered load, 20 pairs, %d-byte packets", b.size),
 			"offered (thousand packets/s)", "delivered (thousand packets/s)",
 			func(k harness.Kind) plotter.XYs { return b.sweep("capacity", 20, k, "delivered_pps") }, true); err != nil {
 			return err

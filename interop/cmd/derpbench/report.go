@@ -71,7 +71,7 @@ func (b *bench) table() string {
 	}
 	if b.hasScenario("latency") {
 		for _, loaded := range []float64{0, 1, 2} {
-			label := map[float64]string{0: "alone", 1: "same load (80% of derper's capacity)", 2: "80% of own capacity"}[loaded]
+			label := map[float64]string{0: "alone", 1: "same load (80% of the lower capacity)", 2: "80% of own capacity"}[loaded]
 			if !b.hasPoint("latency", metrics{"pairs": 10, "loaded": loaded}) {
 				continue
 			}

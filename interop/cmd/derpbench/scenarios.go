@@ -31,16 +31,33 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 		return nil, err
 	}
 	defer l.close()
-	time.Sleep(warmup)
-	windowStarts(window)
+	wait, win := warmup, window
+	if spec.stalledPer > 0 {
+		// Both servers cut off a receiver whose writes have blocked for
+		// 2 s; the window must close before that, or part of it would
+		// measure no stalled receiver at all.
+		wait, win = 200*time.Millisecond, 1500*time.Millisecond
+	}
+	time.Sleep(wait)
+	windowStarts(win)
 	pid := srv.Process().Pid
 	p0, b0, s0 := l.packets.Load(), l.bytes.Load(), l.sent()
 	cpu := startCPU(pid)
 	self := startCPU(selfPID)
 	t0 := time.Now()
-	time.Sleep(window)
+	time.Sleep(win)
 	dt := time.Since(t0).Seconds()
 	p1, b1, s1 := l.packets.Load(), l.bytes.Load(), l.sent()
+	if spec.stalledPer > 0 {
+		// Still 2 connections per pair and the stalled receiver?
+		m, err := srv.Metrics()
+		if err != nil {
+			return nil, err
+		}
+		if got, want := m["derp_current_connections"], float64(2*spec.pairs+1); got != want {
+			return nil, fmt.Errorf("%v connections at the end of the window, want %v: the stalled receiver was cut off during it", got, want)
+		}
+	}
 	m := metrics{
 		"server_cores":    cpu.cores(),
 		"loadgen_cores":   self.cores(),
