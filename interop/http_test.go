@@ -187,6 +187,31 @@ func TestKeepAlive(t *testing.T) {
 	c.ExpectKeepAlive(t, 70*time.Second)
 }
 
+// SIGHUP never stops derpd, whatever the mode: systemd's reload sends it,
+// and Go's default for it is to exit. In plain-HTTP mode there is
+// nothing to reload, and derpd says so. (Upstream derper exits there.)
+func TestSIGHUPKeepsServing(t *testing.T) {
+	if harness.TargetFromEnv() != harness.Derpd {
+		t.Skip("upstream derper exits on SIGHUP when it serves plain HTTP")
+	}
+	srv := start(t, harness.Options{})
+	a, b := connect(t, srv), connect(t, srv)
+	if err := srv.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(harness.Wait)
+	for !strings.Contains(srv.Output(), "nothing to reload") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for SIGHUP; output:\n%s", srv.Output())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := a.Send(b.Pub, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	b.ExpectPacket(t, a.Pub, []byte("still here"))
+}
+
 // SIGTERM stops the server promptly and closes relay connections.
 func TestSIGTERMShutsDown(t *testing.T) {
 	srv := start(t, harness.Options{})

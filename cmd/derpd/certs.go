@@ -55,6 +55,11 @@ func newCertSource(o *options, log zerolog.Logger) (certSource, error) {
 	case "manual":
 		return newManualCerts(o.certDir, o.hostname, log)
 	case "letsencrypt", "gcp":
+		if _, err := netip.ParseAddr(o.hostname); err == nil {
+			// Clients send no SNI to an IP address, and ACME here only
+			// issues for names: every handshake would fail.
+			return nil, errors.New("-hostname is an IP address; use -certmode=manual for a self-signed certificate (-acme-ip-certs is not supported)")
+		}
 		if err := os.MkdirAll(o.certDir, 0o700); err != nil {
 			return nil, fmt.Errorf("-certdir: %w", err)
 		}
@@ -313,7 +318,6 @@ func metaCert(pub wire.NodePublic) ([]byte, error) {
 // src with the meta certificate appended, TLS 1.2 at least, and no HTTP/2
 // (DERP is an HTTP/1.1 upgrade).
 func tlsConfig(src certSource, meta []byte, versions *tlsVersionCounter) *tls.Config {
-	var cache sync.Map // *tls.Certificate from src → the same with meta appended
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: append([]string{"http/1.1"}, src.NextProtos()...),
@@ -327,12 +331,11 @@ func tlsConfig(src certSource, meta []byte, versions *tlsVersionCounter) *tls.Co
 			if slices.Contains(hi.SupportedProtos, acme.ALPNProto) {
 				return c, nil
 			}
-			if with, ok := cache.Load(c); ok {
-				return with.(*tls.Certificate), nil
-			}
+			// Built per handshake: a small copy next to the handshake's
+			// own cost. Caching it by c would leak, since autocert
+			// returns a fresh *tls.Certificate on every call.
 			with := *c
 			with.Certificate = append(slices.Clip(c.Certificate), meta)
-			cache.Store(c, &with)
 			return &with, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {

@@ -162,6 +162,15 @@ func TestTLSConfigAppendsMetaCertAndRefusesHTTP2(t *testing.T) {
 	}
 }
 
+func TestACMERefusesAnIPHostname(t *testing.T) {
+	for _, mode := range []string{"letsencrypt", "gcp"} {
+		o := &options{certMode: mode, hostname: "192.0.2.7", certDir: t.TempDir()}
+		if _, err := newCertSource(o, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "IP address") {
+			t.Errorf("-certmode=%s with an IP -hostname: %v, want a refusal that says why", mode, err)
+		}
+	}
+}
+
 func TestACMEHostPolicy(t *testing.T) {
 	p := acmeHostPolicy("derp.example.com")
 	if p(nil, "derp.example.com") != nil || p(nil, "evil.example.com") == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/subtle"
+	"expvar"
 	"fmt"
 	"html"
 	"net/http"
@@ -81,6 +82,7 @@ func (s *server) debugHandler() http.Handler {
 		runtime.GC()
 		w.Write([]byte("Done.\n"))
 	})
+	mux.Handle("/debug/vars", expvar.Handler())
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // options are derpd's command line: upstream derper's flags with the same
@@ -66,7 +68,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.httpPort, "http-port", 80, "port for the plain-HTTP listener when serving TLS (captive-portal checks, ACME, redirects); -1 disables it")
 	fs.IntVar(&o.stunPort, "stun-port", 3478, "UDP port of the STUN server")
 	fs.BoolVar(&o.runSTUN, "stun", true, "run a STUN server, which clients use to learn their public address")
-	fs.BoolVar(&o.runDERP, "derp", true, "relay DERP traffic on /derp; when false, /derp answers 404 and only STUN and the probes are served")
+	fs.BoolVar(&o.runDERP, "derp", true, "relay DERP traffic on /derp; when false, /derp answers 404 while STUN, the probes and the other pages are still served")
 	fs.StringVar(&o.configPath, "c", "", "config file holding the server's private key; created on first start (default /var/lib/derper/derper.key when run as root)")
 	fs.BoolVar(&o.dev, "dev", false, "development mode: plain HTTP on :3340, a fresh in-memory key, mesh key only from $TAILSCALE_DERPER_MESH_KEY")
 	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
@@ -179,6 +181,16 @@ func (o *options) checkSupported() error {
 	}
 	if _, _, err := net.SplitHostPort(o.addr); err != nil {
 		problems = append(problems, fmt.Sprintf("-a %q: %v", o.addr, err))
+	}
+	switch {
+	case o.home == "", o.home == "blank", strings.HasPrefix(o.home, "http://"), strings.HasPrefix(o.home, "https://"):
+	default:
+		problems = append(problems, fmt.Sprintf("-home: unknown value %q (want empty, \"blank\" or an http(s) URL)", o.home))
+	}
+	if o.logLevel != "" {
+		if _, err := zerolog.ParseLevel(o.logLevel); err != nil {
+			problems = append(problems, fmt.Sprintf("-log-level: unknown level %q (want debug, info, warn or error)", o.logLevel))
+		}
 	}
 	if o.stunPort < 0 || o.stunPort > 65535 {
 		problems = append(problems, "-stun-port "+strconv.Itoa(o.stunPort)+" is not a port")

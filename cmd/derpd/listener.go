@@ -26,6 +26,9 @@ func listen(addr string, keepAliveIdle, userTimeout time.Duration, limit float64
 		// idle time is long because DERP already sends its own
 		// keepalives every minute.
 		KeepAliveConfig: net.KeepAliveConfig{Enable: keepAliveIdle > 0, Idle: keepAliveIdle, Interval: 15 * time.Second, Count: 9},
+		// As with upstream: 0 leaves Go's default (probes after 15 s),
+		// a negative value turns keepalives off.
+		KeepAlive: keepAliveIdle,
 	}
 	// Multipath TCP gains nothing for a relay and upstream turns it off.
 	lc.SetMultipathTCP(false)

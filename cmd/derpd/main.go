@@ -106,6 +106,11 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 	if err := opts.checkSupported(); err != nil {
 		return err
 	}
+	// SIGHUP is caught from the start and in every mode: Go's default for
+	// it is to exit, and systemd's reload sends it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	priv, meshKey, err := loadKeys(opts, log)
 	if err != nil {
 		return err
@@ -191,14 +196,17 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			go func() { serveErr <- fmt.Errorf("port 80: %w", srv80.Serve(ln80)) }()
 			log.Info().Str("addr", ln80.Addr().String()).Msg("serving plain HTTP (captive-portal check, ACME, redirects)")
 		}
-		go s.reloadOnHUP(ctx)
 	}
+	go s.reloadOnHUP(ctx, hup)
 
 	if opts.runSTUN {
 		host, _, _ := net.SplitHostPort(opts.addr)
 		s.stun, err = stun.Listen(net.JoinHostPort(host, strconv.Itoa(opts.stunPort)))
 		if err != nil {
 			s.listener.Close()
+			for _, srv := range servers[1:] { // port 80, already serving
+				srv.Close()
+			}
 			return fmt.Errorf("STUN: %w", err)
 		}
 		s.stun.OnError = stunErrorLogger(log)
@@ -232,16 +240,18 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 
 // reloadOnHUP re-reads certificates on SIGHUP, for operators who renew
 // manual certificates and want them live at once rather than at the next
-// periodic check.
-func (s *server) reloadOnHUP(ctx context.Context) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// periodic check. In other modes there is nothing to reload, and it says
+// so.
+func (s *server) reloadOnHUP(ctx context.Context, hup <-chan os.Signal) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
+			if _, manual := s.certs.(*manualCerts); !manual {
+				s.log.Info().Msg("SIGHUP: nothing to reload (only -certmode=manual certificates are re-read)")
+				continue
+			}
 			if err := s.certs.Reload(); err != nil {
 				s.log.Error().Err(err).Msg("SIGHUP: reloading certificates failed; keeping the old ones")
 			} else {

@@ -90,6 +90,8 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		{[]string{"-a", ":8080", "-rate-config", "/etc/rate.json"}, "-rate-config"},
 		{[]string{"-a", ":8080", "-certmode", "bogus"}, "-certmode"},
 		{[]string{"-a", ":8080", "-log-format", "xml"}, "-log-format"},
+		{[]string{"-a", ":8080", "-log-level", "loud"}, "-log-level"},
+		{[]string{"-a", ":8080", "-home", "bogus"}, "-home"},
 	} {
 		o, err := parseFlags(c.args)
 		if err != nil {

@@ -31,6 +31,9 @@ func (s *server) port80Handler(main http.Handler) http.Handler {
 		if host == "" {
 			host = s.opts.hostname
 		}
+		if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+			host = "[" + host + "]" // an IPv6 literal, its brackets lost with the port
+		}
 		if r.URL.Path == "/" && debugAllowed(r) {
 			http.Redirect(w, r, "https://"+host+"/debug/", http.StatusFound)
 			return

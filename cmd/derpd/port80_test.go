@@ -33,6 +33,13 @@ func TestPort80Handler(t *testing.T) {
 	if rec := do("GET", "/", "192.0.2.1:5"); rec.Header().Get("Location") != "https://derp.example.com/" {
 		t.Fatalf("/ from elsewhere: %q", rec.Header().Get("Location"))
 	}
+	req := httptest.NewRequest("GET", "/derp", nil)
+	req.Host = "[2001:db8::1]:80"
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if got := rec.Header().Get("Location"); got != "https://[2001:db8::1]/derp" {
+		t.Fatalf("redirect for an IPv6 host: %q", got)
+	}
 	do("GET", "/debug/varz", "127.0.0.1:5")
 	if !mainHit {
 		t.Fatal("/debug not passed to the main router")
