@@ -19,28 +19,18 @@ const (
 var ErrBoxOpen = errors.New("sealed message does not open with these keys")
 
 // Seal encrypts plaintext from sender to receiver and appends
-// nonce|tag|ciphertext to dst.
+// nonce|tag|ciphertext to dst. It derives the shared key each time (as
+// box.Seal would); use SealShared to reuse one.
 func Seal(dst, plaintext []byte, sender NodePrivate, receiver NodePublic) []byte {
-	var nonce [nonceLen]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		panic("wire: no randomness for a nonce: " + err.Error())
-	}
-	dst = append(dst, nonce[:]...)
-	return box.Seal(dst, plaintext, &nonce, (*[32]byte)(&receiver), (*[32]byte)(&sender))
+	k := Precompute(sender, receiver)
+	return SealShared(dst, plaintext, &k)
 }
 
 // Open authenticates and decrypts a message sealed by sender for receiver
 // and appends the plaintext to dst.
 func Open(dst, sealed []byte, sender NodePublic, receiver NodePrivate) ([]byte, error) {
-	if len(sealed) < BoxOverhead {
-		return nil, ErrBoxOpen
-	}
-	nonce := (*[nonceLen]byte)(sealed[:nonceLen])
-	out, ok := box.Open(dst, sealed[nonceLen:], nonce, (*[32]byte)(&sender), (*[32]byte)(&receiver))
-	if !ok {
-		return nil, ErrBoxOpen
-	}
-	return out, nil
+	k := Precompute(receiver, sender)
+	return OpenShared(dst, sealed, &k)
 }
 
 // SharedKey is the NaCl box key two nodes derive from one's private key and

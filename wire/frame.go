@@ -46,6 +46,8 @@ var frameTypeNames = [...]string{
 	FrameRestarting:    "Restarting",
 }
 
+// String returns the frame type's name, or Unknown(0x..) for a type
+// this package does not define.
 func (t FrameType) String() string {
 	if int(t) < len(frameTypeNames) && frameTypeNames[t] != "" {
 		return frameTypeNames[t]
@@ -118,6 +120,8 @@ const (
 	PeerGoneNotHere PeerGoneReason = 0x01
 )
 
+// String returns the reason as logs show it, or unknown(0x..) for a
+// value this package does not define.
 func (r PeerGoneReason) String() string {
 	switch r {
 	case PeerGoneDisconnected:
@@ -131,6 +135,8 @@ func (r PeerGoneReason) String() string {
 // PeerPresentFlags describe a connection announced to watchers.
 type PeerPresentFlags byte
 
+// PeerPresent flags, the last byte of a PeerPresent body. A flags byte of
+// 0 comes from an old server that sends no flags.
 const (
 	PeerPresentIsRegular  PeerPresentFlags = 0x01 // set only when no other bit applies
 	PeerPresentIsMeshPeer PeerPresentFlags = 0x02 // presented the mesh key

@@ -135,11 +135,8 @@ func AppendClientInfo(dst []byte, client NodePrivate, server NodePublic, ci Clie
 
 // AppendServerInfo builds a ServerInfo frame body: the sealed JSON.
 func AppendServerInfo(dst []byte, server NodePrivate, client NodePublic, si ServerInfo) ([]byte, error) {
-	js, err := json.Marshal(si)
-	if err != nil {
-		return dst, err
-	}
-	return Seal(dst, js, server, client), nil
+	k := Precompute(server, client)
+	return AppendServerInfoShared(dst, &k, si)
 }
 
 // AppendServerInfoShared is AppendServerInfo with the precomputed key

@@ -37,6 +37,11 @@ type Reader struct {
 	maxFrame uint32
 	err      error // sticky
 
+	// pending is an error that came with bytes; it is reported once they
+	// are used up, in place of the next read. Sources need not repeat an
+	// error, so dropping it would read on past a failure.
+	pending error
+
 	// idle receives the first bytes after the reader ran dry on a
 	// connection without a raw source; see fill.
 	idle [HeaderLen]byte
@@ -72,7 +77,7 @@ func (rd *Reader) Buffered() int { return rd.w - rd.r }
 
 // ReadHeader reads the next frame header.
 func (rd *Reader) ReadHeader() (FrameType, uint32, error) {
-	if rd.raw == nil && rd.r == rd.w && rd.err == nil {
+	if rd.raw == nil && rd.r == rd.w && rd.err == nil && rd.pending == nil {
 		if err := rd.waitIdle(); err != nil {
 			return 0, 0, err
 		}
@@ -189,15 +194,19 @@ func (rd *Reader) fill(n int) error {
 		}
 		var m int
 		var err error
-		if rd.raw != nil {
+		switch {
+		case rd.pending != nil:
+			err, rd.pending = rd.pending, nil
+		case rd.raw != nil:
 			m, err = rd.raw.read(rd)
-		} else {
+		default:
 			m, err = rd.src.Read(rd.buf[rd.w:])
 		}
 		rd.w += m
 		if err != nil {
 			if rd.w-rd.r >= n {
-				break // report the error on the next fill
+				rd.pending = err // for when these bytes run out
+				break
 			}
 			if err == io.EOF && rd.w > rd.r {
 				err = io.ErrUnexpectedEOF
@@ -224,7 +233,8 @@ func (rd *Reader) waitIdle() error {
 		rd.w = m
 		if err != nil {
 			if m > 0 {
-				return nil // fill reports the error after these bytes
+				rd.pending = err // fill reports it after these bytes
+				return nil
 			}
 			rd.err = err
 			return err
@@ -239,9 +249,12 @@ func (rd *Reader) readDirect(p []byte) error {
 		return rd.err
 	}
 	var err error
-	if rd.raw != nil {
+	switch {
+	case rd.pending != nil:
+		err, rd.pending = rd.pending, nil
+	case rd.raw != nil:
 		err = rd.raw.readFull(p)
-	} else {
+	default:
 		_, err = io.ReadFull(rd.src, p)
 	}
 	if err == io.EOF {

@@ -62,8 +62,13 @@ func (w *Writer) grab(n int) []byte {
 }
 
 // WriteFrame appends a complete frame made of a header and the body parts
-// (usually a key and a payload). Bodies too big for the buffer are written
-// through without copying.
+// (usually a key and a payload). Bodies too big for the buffer have part2
+// written through without copying.
+//
+// part1 is always copied, never handed to the destination: a slice passed
+// to an io.Writer escapes, and the helpers below build their part1 (keys,
+// ping data, PeerGone bodies) in stack arrays that would then be moved to
+// the heap on every call.
 func (w *Writer) WriteFrame(t FrameType, part1, part2 []byte) error {
 	if w.err != nil {
 		return w.err
@@ -71,10 +76,9 @@ func (w *Writer) WriteFrame(t FrameType, part1, part2 []byte) error {
 	n := len(part1) + len(part2)
 	w.frames++
 	if HeaderLen+n > writeBufSize {
-		hdr := w.grab(HeaderLen)
-		PutHeader(hdr, t, uint32(n))
+		PutHeader(w.grab(HeaderLen), t, uint32(n))
+		w.copyIn(part1)
 		w.flushBuf()
-		w.writeThrough(part1)
 		w.writeThrough(part2)
 		return w.err
 	}
@@ -82,6 +86,14 @@ func (w *Writer) WriteFrame(t FrameType, part1, part2 []byte) error {
 	PutHeader(b, t, uint32(n))
 	copy(b[HeaderLen+copy(b[HeaderLen:], part1):], part2)
 	return w.err
+}
+
+// copyIn copies p into the buffer, flushing as it fills; p may be larger
+// than the buffer.
+func (w *Writer) copyIn(p []byte) {
+	for len(p) > 0 && w.err == nil {
+		p = p[copy(w.grab(min(len(p), writeBufSize)), p):]
+	}
 }
 
 // WriteRaw appends bytes that are already one or more complete frames,
@@ -114,12 +126,17 @@ var ErrWouldBlock = errors.New("write would block")
 // TryFlush writes what is buffered with write, a non-blocking write that
 // may take only part of it (returning ErrWouldBlock). What it does not take
 // stays buffered for a later Flush. It reports whether everything went.
+// write is offered at most maxWrite bytes at a time, as dst would be.
 func (w *Writer) TryFlush(write func([]byte) (int, error)) (bool, error) {
 	if w.err != nil {
 		return false, w.err
 	}
 	for len(w.buf) > 0 {
-		n, err := write(w.buf)
+		chunk := w.buf
+		if w.maxWrite > 0 && len(chunk) > w.maxWrite {
+			chunk = chunk[:w.maxWrite]
+		}
+		n, err := write(chunk)
 		if n > 0 {
 			w.buf = w.buf[:copy(w.buf, w.buf[n:])]
 		}
