@@ -48,6 +48,10 @@ type bench struct {
 	servers []harness.Kind
 	pprof   bool
 	turns   int // rounds measured so far, for alternating the order
+
+	// serverOpts is what withServers starts (Kind aside): plain HTTP
+	// unless a scenario asks for TLS.
+	serverOpts harness.Options
 }
 
 func main() {
@@ -55,7 +59,7 @@ func main() {
 		rounds = flag.Int("rounds", 3, "measurements per point and server (medians are reported)")
 		quick  = flag.Bool("quick", false, "small, fast run: one round, fewer points")
 		size   = flag.Int("size", 1280, "packet payload bytes")
-		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,handshakes,scaling")
+		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,memory-tls,handshakes,scaling")
 		out    = flag.String("out", filepath.Join(harness.ModuleDir(), "bench-out"), "directory for JSON and plots")
 		prof   = flag.Bool("pprof", false, "save a CPU profile of each server during each measurement (in -out/pprof)")
 		report = flag.String("report", "", "measure nothing: print the table and redraw the plots (in -out) from this runs.json")
@@ -161,7 +165,9 @@ func (b *bench) withServers(f func(map[harness.Kind]*harness.Server)) {
 		}
 	}()
 	for _, k := range b.servers {
-		s, err := harness.Launch(harness.Options{Kind: k}, filepath.Join(dir, string(k)))
+		opts := b.serverOpts
+		opts.Kind = k
+		s, err := harness.Launch(opts, filepath.Join(dir, string(k)))
 		if err != nil {
 			log.Panic(err) // unlike Fatal, runs the deferred Stop of the other server
 		}
@@ -319,6 +325,28 @@ func (b *bench) all() {
 				return idleMemory(s, n)
 			})
 		}
+	}
+	if b.want("memory-tls") {
+		// The same over TLS, how public relays run: TLS connections
+		// cannot use the raw-socket read that lets a plain TCP reader
+		// give its buffer back, so they take another path to the same
+		// end (wire.Reader.waitIdle); this checks it.
+		certDir, err := benchCertificate(benchHostname)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer os.RemoveAll(certDir)
+		b.serverOpts = harness.Options{CertDir: certDir, Hostname: benchHostname}
+		counts := []int{1000, 10000}
+		if b.quick {
+			counts = []int{1000}
+		}
+		for _, n := range counts {
+			b.measureFresh("memory-tls", metrics{"conns": float64(n)}, func(s *harness.Server) (metrics, error) {
+				return idleMemory(s, n)
+			})
+		}
+		b.serverOpts = harness.Options{}
 	}
 	if b.want("handshakes") {
 		b.withServers(func(srvs map[harness.Kind]*harness.Server) {

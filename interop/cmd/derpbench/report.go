@@ -85,7 +85,7 @@ func (b *bench) table() string {
 			add("round trip max, "+label, "µs", "", 0, false, func(k harness.Kind) float64 { return b.median("latency", k, p, "rtt_max_us") })
 		}
 	}
-	for _, sc := range []string{"memory", "scaling-memory"} {
+	for _, sc := range []string{"memory", "scaling-memory", "memory-tls"} {
 		for _, n := range []float64{1000, 5000, 10000, 15000} {
 			if !b.hasPoint(sc, metrics{"conns": n}) {
 				continue
@@ -95,8 +95,12 @@ func (b *bench) table() string {
 				goal, gr = "≤ 0.5×", 0.5
 			}
 			name := fmt.Sprintf("resident memory per idle connection, %g conns", n)
-			if sc == "scaling-memory" {
+			switch sc {
+			case "scaling-memory":
 				name = fmt.Sprintf("  same, scaling run, %g conns", n)
+			case "memory-tls":
+				name = fmt.Sprintf("resident memory per idle TLS connection, %g conns", n)
+				goal, gr = "", 0
 			}
 			add(name, "KiB", goal, gr, false, func(k harness.Kind) float64 {
 				return b.median(sc, k, metrics{"conns": n}, "rss_per_conn_kib")

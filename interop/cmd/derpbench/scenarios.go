@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -179,7 +178,7 @@ func latency(srv *harness.Server, pairs int, d time.Duration) (metrics, error) {
 // forceGC asks the server to collect garbage, so resident memory reflects
 // live data. Both servers serve /debug/gc to loopback.
 func forceGC(srv *harness.Server) {
-	res, err := http.Get("http://" + srv.Addr() + "/debug/gc")
+	res, err := srv.HTTPClient().Get(srv.BaseURL() + "/debug/gc")
 	if err == nil {
 		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
@@ -196,7 +195,11 @@ func idleMemory(srv *harness.Server, n int) (metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	conns, err := dialMany(srv.Addr(), n, 16)
+	serverName := ""
+	if srv.TLS() {
+		serverName = srv.Opts.Hostname
+	}
+	conns, err := dialMany(srv.Addr(), serverName, n, 16)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -222,7 +225,7 @@ func idleMemory(srv *harness.Server, n int) (metrics, error) {
 }
 
 // dialMany opens n connections with workers in parallel.
-func dialMany(addr string, n, workers int) ([]*rawClient, error) {
+func dialMany(addr, serverName string, n, workers int) ([]*rawClient, error) {
 	out := make([]*rawClient, n)
 	var next atomic.Int64
 	var firstErr atomic.Value
@@ -236,7 +239,7 @@ func dialMany(addr string, n, workers int) ([]*rawClient, error) {
 				if i >= n || firstErr.Load() != nil {
 					return
 				}
-				c, err := dialRaw(addr)
+				c, err := dialRawTLS(addr, serverName)
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
