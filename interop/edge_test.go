@@ -1,10 +1,13 @@
 package interop
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -187,6 +190,11 @@ func TestPort80(t *testing.T) {
 	if res.StatusCode != 204 || res.Header.Get("X-Tailscale-Response") != "response ts_1.2.3.4" {
 		t.Fatalf("captive-portal check on port 80: %d %q", res.StatusCode, res.Header.Get("X-Tailscale-Response"))
 	}
+	// §1.6: port 80 serves /generate_204 with the §1.5 handler, so a
+	// cache between the client and the server cannot answer for it.
+	if cc := res.Header.Get("Cache-Control"); cc != "no-cache, no-store, must-revalidate, no-transform, max-age=0" {
+		t.Fatalf("Cache-Control on port 80 %q", cc)
+	}
 	_ = srv
 }
 
@@ -198,18 +206,34 @@ func TestSTUN(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := start(t, harness.Options{STUNPort: port})
-	_ = srv
 	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.Write([]byte("hello, not STUN"))
-	tx := stun.NewTxID()
+	// The builder below makes Tailscale's exact request when given its
+	// SOFTWARE value, so the requests it makes without it, or with
+	// another value, are valid but for that attribute.
+	if tx := stun.NewTxID(); !bytes.Equal(stunRequest(tx, "tailnode"), stun.Request(tx)) {
+		t.Fatalf("stunRequest builds %x, Tailscale %x", stunRequest(tx, "tailnode"), stun.Request(tx))
+	}
+	junk := [][]byte{
+		[]byte("hello, not STUN"),
+		stunRequest(stun.NewTxID(), ""),         // no SOFTWARE attribute
+		stunRequest(stun.NewTxID(), "tailnodX"), // somebody else's software
+	}
 	bad := stun.Request(stun.NewTxID())
 	bad[len(bad)-1] ^= 1 // broken fingerprint
-	c.Write(bad)
-	c.Write(stun.Request(tx))
+	junk = append(junk, bad)
+	for _, b := range junk {
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx := stun.NewTxID()
+	if _, err := c.Write(stun.Request(tx)); err != nil {
+		t.Fatal(err)
+	}
 	c.SetReadDeadline(time.Now().Add(harness.Wait))
 	buf := make([]byte, 1500)
 	n, err := c.Read(buf)
@@ -229,6 +253,36 @@ func TestSTUN(t *testing.T) {
 	if n != 32 && n != 44 {
 		t.Fatalf("response of %d bytes", n)
 	}
+	// Every junk datagram was counted as not STUN, and only one request
+	// was answered (an answer to junk arriving after the valid one's
+	// would count as a success).
+	srv.WaitMetric(t, `stun_requests{disposition="not_stun"}`, float64(len(junk)))
+	if got := srv.Metric(t, `stun_requests{disposition="success"}`); got != 1 {
+		t.Fatalf("stun_requests{disposition=\"success\"} = %v, want 1", got)
+	}
+}
+
+// stunRequest builds a Binding Request with a SOFTWARE attribute holding
+// software (none if empty, padded to 4 bytes) and a correct FINGERPRINT
+// last, as §6 describes.
+func stunRequest(tx stun.TxID, software string) []byte {
+	var attrs []byte
+	if software != "" {
+		attrs = binary.BigEndian.AppendUint16(attrs, 0x8022)
+		attrs = binary.BigEndian.AppendUint16(attrs, uint16(len(software)))
+		attrs = append(attrs, software...)
+		for len(attrs)%4 != 0 {
+			attrs = append(attrs, 0)
+		}
+	}
+	b := []byte{0x00, 0x01}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(attrs)+8))
+	b = append(b, 0x21, 0x12, 0xa4, 0x42)
+	b = append(b, tx[:]...)
+	b = append(b, attrs...)
+	fp := crc32.ChecksumIEEE(b) ^ 0x5354554e
+	b = append(b, 0x80, 0x28, 0x00, 0x04)
+	return binary.BigEndian.AppendUint32(b, fp)
 }
 
 func freeUDPPort() (int, error) {

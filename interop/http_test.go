@@ -1,12 +1,18 @@
 package interop
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,12 +110,15 @@ func TestKeyFileCreatedAndReused(t *testing.T) {
 }
 
 // §9.34: a PSK file with surrounding whitespace works; 63 or 65 digits
-// stop the server at start-up.
+// stop the server at start-up, saying why. The same command with a good
+// key file is the control: it starts, so the flags themselves are fine.
 func TestMeshKeyFileFormat(t *testing.T) {
 	mk := harness.MeshKeyHex()
 	dir := t.TempDir()
 	padded := filepath.Join(dir, "padded.key")
-	os.WriteFile(padded, []byte("\n  "+mk+"  \n\n"), 0o600)
+	if err := os.WriteFile(padded, []byte("\n  "+mk+"  \n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	srv := start(t, harness.Options{Args: []string{"-mesh-psk-file", padded}})
 	w := connect(t, srv, harness.WithMeshKey(mk), harness.WithWatch())
 	if _, ok := w.Next(t).(derp.PeerPresentMessage); !ok {
@@ -119,24 +128,79 @@ func TestMeshKeyFileFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, content := range map[string]string{"63": mk[:63], "65": mk + "0"} {
+	// Both servers print the problem on one line naming the mesh key and
+	// its 64 digits; neither's usage text has such a line.
+	pskProblem := regexp.MustCompile(`(?im)mesh key.*\b64\b`)
+	for name, content := range map[string]string{"63": mk[:63], "65": mk + "0", "good": mk} {
 		p := filepath.Join(dir, name)
-		os.WriteFile(p, []byte(content+"\n"), 0o600)
-		cmd := exec.Command(bin, "-a", "127.0.0.1:0", "-c", filepath.Join(dir, "k"+name), "-stun=false", "-http-port=-1", "-mesh-psk-file", p)
-		done := make(chan error, 1)
+		if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		port, err := harness.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		cmd := exec.Command(bin, "-a", addr, "-c", filepath.Join(dir, "k"+name), "-stun=false", "-http-port=-1", "-mesh-psk-file", p)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
+		if name == "good" {
+			err := waitProbe(addr, done)
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(harness.Wait):
+				cmd.Process.Kill()
+				<-done
+			}
+			if err != nil {
+				t.Errorf("good key file: %v\n%s", err, out.String())
+			}
+			continue
+		}
 		select {
 		case err := <-done:
 			if err == nil {
 				t.Errorf("%s hex digits: server exited 0", name)
 			}
+			if !pskProblem.MatchString(out.String()) {
+				t.Errorf("%s hex digits: output does not name the mesh key problem:\n%s", name, out.String())
+			}
 		case <-time.After(harness.Wait):
 			cmd.Process.Kill()
+			<-done
 			t.Errorf("%s hex digits: server kept running", name)
 		}
+	}
+}
+
+// waitProbe polls a server started by hand until it answers its probe;
+// done delivers the process's exit (and is left holding it).
+func waitProbe(addr string, done chan error) error {
+	deadline := time.Now().Add(harness.Wait)
+	for {
+		select {
+		case err := <-done:
+			done <- err
+			return fmt.Errorf("exited: %v", err)
+		default:
+		}
+		res, err := http.Head("http://" + addr + "/derp/probe")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("no answer on /derp/probe")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -1,7 +1,10 @@
 package interop
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -69,16 +72,32 @@ func TestWatchers(t *testing.T) {
 	mk := harness.MeshKeyHex()
 	srv := start(t, harness.Options{MeshKey: mk})
 	a := connect(t, srv)
+	// A key with two connections is listed once, at its active (newest)
+	// connection's address.
+	a2 := harness.Connect(t, srv, a.Priv)
 	p := connect(t, srv, harness.WithProber())
 	w := connect(t, srv, harness.WithMeshKey(mk), harness.WithWatch())
+	// Exactly three messages, whatever they hold: a key announced twice
+	// leaves another unannounced, and the Sync proves there is no fourth.
 	seen := map[key.NodePublic]derp.PeerPresentMessage{}
-	for len(seen) < 3 {
+	for range 3 {
 		m := w.Next(t)
 		pp, ok := m.(derp.PeerPresentMessage)
 		if !ok {
 			t.Fatalf("watcher got %T %+v, want PeerPresent", m, m)
 		}
+		if _, dup := seen[pp.Key]; dup {
+			t.Fatalf("second PeerPresent for %v in the initial list", pp.Key.ShortString())
+		}
 		seen[pp.Key] = pp
+	}
+	w.Sync(t)
+	for name, c := range map[string]*harness.Client{"regular": a2, "prober": p, "watcher": w} {
+		pp, ok := seen[c.Pub]
+		if !ok {
+			t.Fatalf("no PeerPresent for the %s client", name)
+		}
+		expectAnnouncedPort(t, c, pp)
 	}
 	if f := seen[a.Pub].Flags; f != derp.PeerPresentIsRegular {
 		t.Errorf("regular client flags %v", f)
@@ -92,21 +111,25 @@ func TestWatchers(t *testing.T) {
 	if ip := seen[a.Pub].IPPort.Addr(); ip != netip.MustParseAddr("127.0.0.1") {
 		t.Errorf("address %v, want 127.0.0.1 (un-mapped)", seen[a.Pub].IPPort)
 	}
-	w.Sync(t)
 
 	b := connect(t, srv)
-	if m, ok := w.Next(t).(derp.PeerPresentMessage); !ok || m.Key != b.Pub {
+	m, ok := w.Next(t).(derp.PeerPresentMessage)
+	if !ok || m.Key != b.Pub {
 		t.Fatalf("no PeerPresent for the new client: %+v", m)
 	}
+	expectAnnouncedPort(t, b, m)
 	b2 := harness.Connect(t, srv, b.Priv) // duplicates are announced too
-	if m, ok := w.Next(t).(derp.PeerPresentMessage); !ok || m.Key != b.Pub {
+	m, ok = w.Next(t).(derp.PeerPresentMessage)
+	if !ok || m.Key != b.Pub {
 		t.Fatalf("no PeerPresent for the duplicate: %+v", m)
 	}
+	expectAnnouncedPort(t, b2, m) // the new connection's address, not the first's
 	b2.Close()
 	// One of two leaving sends no PeerGone. Once the server has dealt with
-	// the departure, a new arrival is announced through the same channel
-	// as a PeerGone would be, so a wrong PeerGone would show up first.
-	srv.WaitMetric(t, "derp_current_dup_client_keys", 0)
+	// the departure (a's key is then the only one duplicated), a new
+	// arrival is announced through the same channel as a PeerGone would
+	// be, so a wrong PeerGone would show up first.
+	srv.WaitMetric(t, "derp_current_dup_client_keys", 1)
 	c := connect(t, srv)
 	if m, ok := w.Next(t).(derp.PeerPresentMessage); !ok || m.Key != c.Pub {
 		t.Fatalf("got %T %+v, want PeerPresent for the next client (and no PeerGone for a duplicate leaving)", m, m)
@@ -114,6 +137,102 @@ func TestWatchers(t *testing.T) {
 	b.Close()
 	w.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
 	w.Sync(t) // and only one
+}
+
+// expectAnnouncedPort requires a PeerPresent to carry the port of c's own
+// end of its connection (the server's view of its remote port).
+func expectAnnouncedPort(t *testing.T, c *harness.Client, pp derp.PeerPresentMessage) {
+	t.Helper()
+	la, err := c.LocalAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pp.IPPort.Port() != la.Port() {
+		t.Errorf("%v announced at %v, but its socket is %v", c.Pub.ShortString(), pp.IPPort, la)
+	}
+}
+
+// §9.19 and §2.4.9 byte by byte. Tailscale's client un-maps the address
+// and takes a body of any length from 32 up, so a raw watcher checks the
+// 51-byte layout itself; raw clients also send the Ideal-Node header
+// that marks a connection not ideal (flag 0x08, which excludes 0x01).
+func TestWatcherPeerPresentLayout(t *testing.T) {
+	mk := harness.MeshKeyHex()
+	srv := start(t, harness.Options{MeshKey: mk})
+	regular := harness.DialRaw(t, srv, false)
+	regular.Handshake(`{"version":2}`)
+	notIdeal := harness.DialRawHeaders(t, srv, false, "Ideal-Node: 900a")
+	notIdeal.Handshake(`{"version":2}`)
+	w := harness.DialRaw(t, srv, false)
+	w.Handshake(`{"version":2,"meshKey":"` + mk + `"}`)
+	w.Frame(wire.FrameWatchConns, nil)
+
+	flags := map[*harness.RawConn]byte{regular: 0x01, notIdeal: 0x08, w: 0x02}
+	count := map[*harness.RawConn]int{}
+	for range len(flags) {
+		c, f := readPeerPresent(t, w, flags)
+		count[c]++
+		if f != flags[c] {
+			t.Errorf("%v announced with flags 0x%02x, want 0x%02x", c.Pub.ShortString(), f, flags[c])
+		}
+	}
+	for c := range flags {
+		if count[c] != 1 {
+			t.Errorf("%v announced %d times in the initial list, want once", c.Pub.ShortString(), count[c])
+		}
+	}
+	rawSync(t, w)
+
+	// Arrivals after the initial list: flags combine.
+	prober := harness.DialRawHeaders(t, srv, false, "Ideal-Node: 900a")
+	prober.Handshake(`{"version":2,"IsProber":true}`)
+	flags = map[*harness.RawConn]byte{prober: 0x04 | 0x08}
+	if c, f := readPeerPresent(t, w, flags); f != flags[c] {
+		t.Errorf("not-ideal prober announced with flags 0x%02x, want 0x0c", f)
+	}
+	rawSync(t, w)
+}
+
+// readPeerPresent reads one frame from the raw watcher w, which must be a
+// 51-byte PeerPresent for one of conns, at that connection's address and
+// port (127.0.0.1 encoded as ::ffff:127.0.0.1, port big-endian). It
+// returns the connection and the flags byte.
+func readPeerPresent(t *testing.T, w *harness.RawConn, conns map[*harness.RawConn]byte) (*harness.RawConn, byte) {
+	t.Helper()
+	typ, body := w.ReadFrame()
+	if typ != wire.FramePeerPresent {
+		t.Fatalf("watcher got %v, want PeerPresent", typ)
+	}
+	if len(body) != 51 {
+		t.Fatalf("PeerPresent body of %d bytes %x, want 51", len(body), body)
+	}
+	var c *harness.RawConn
+	for rc := range conns {
+		if bytes.Equal(body[:32], rc.Pub[:]) {
+			c = rc
+		}
+	}
+	if c == nil {
+		t.Fatalf("PeerPresent for an unexpected key %x", body[:32])
+	}
+	mapped := []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1}
+	if !bytes.Equal(body[32:48], mapped) {
+		t.Errorf("address bytes %x, want %x", body[32:48], mapped)
+	}
+	if port, want := binary.BigEndian.Uint16(body[48:50]), c.Conn.LocalAddr().(*net.TCPAddr).Port; int(port) != want {
+		t.Errorf("port %d (bytes %x), want the client's port %d", port, body[48:50], want)
+	}
+	return c, body[50]
+}
+
+// rawSync is Client.Sync for a raw connection: the pong must be the next
+// frame, so nothing was queued ahead of it.
+func rawSync(t *testing.T, rc *harness.RawConn) {
+	t.Helper()
+	rc.Frame(wire.FramePing, []byte("raw-sync"))
+	if typ, body := rc.ReadFrame(); typ != wire.FramePong || string(body) != "raw-sync" {
+		t.Fatalf("got %v %x before the pong", typ, body)
+	}
 }
 
 // §9.24 and ForwardPacket privilege: a mesh peer's ForwardPacket reaches
@@ -167,10 +286,12 @@ func TestClosePeer(t *testing.T) {
 	m.Sync(t)
 }
 
-// admissionController allows exactly the keys it is told to.
+// admissionController allows exactly the keys it is told to, unless
+// status is set: then it answers with that status (and still says Allow).
 type admissionController struct {
 	mu      sync.Mutex
 	allow   map[key.NodePublic]bool
+	status  int
 	sources []string
 }
 
@@ -186,7 +307,11 @@ func (ac *admissionController) ServeHTTP(w http.ResponseWriter, r *http.Request)
 	ac.mu.Lock()
 	ok := ac.allow[req.NodePublic]
 	ac.sources = append(ac.sources, req.Source)
+	status := ac.status
 	ac.mu.Unlock()
+	if status != 0 {
+		w.WriteHeader(status)
+	}
 	json.NewEncoder(w).Encode(map[string]bool{"Allow": ok})
 }
 
@@ -211,6 +336,25 @@ func TestAdmissionControl(t *testing.T) {
 		t.Fatalf("controller saw sources %q, want two requests from 127.0.0.1", ac.sources)
 	}
 	ac.mu.Unlock()
+
+	// A controller that fails (500) refuses, even a key it would allow
+	// and with {"Allow":true} in the body: only a 200 answer counts.
+	// The server did ask it (so fail-open, which would admit, is not
+	// what decided), and the same key is admitted once it answers 200.
+	ac.mu.Lock()
+	ac.status = http.StatusInternalServerError
+	ac.mu.Unlock()
+	if _, err := harness.Dial(srv.URL(), good); err == nil {
+		t.Fatal("admitted although the controller answered 500")
+	}
+	ac.mu.Lock()
+	asked := len(ac.sources)
+	ac.status = 0
+	ac.mu.Unlock()
+	if asked != 3 {
+		t.Fatalf("controller asked %d times, want 3", asked)
+	}
+	harness.Connect(t, srv, good)
 
 	// Controller unreachable: fail-open (the default) admits, fail-closed
 	// refuses.

@@ -30,6 +30,14 @@ type RawConn struct {
 // request carries Derp-Fast-Start: 1 and no HTTP response is read.
 func DialRaw(tb testing.TB, srv *Server, fastStart bool) *RawConn {
 	tb.Helper()
+	return DialRawHeaders(tb, srv, fastStart)
+}
+
+// DialRawHeaders is DialRaw with extra request header lines, each
+// "Name: value" (as Ideal-Node, which Tailscale clients send when the
+// server is not the first node of its region).
+func DialRawHeaders(tb testing.TB, srv *Server, fastStart bool, headers ...string) *RawConn {
+	tb.Helper()
 	c, err := net.Dial("tcp", srv.Addr())
 	if err != nil {
 		tb.Fatal(err)
@@ -38,6 +46,9 @@ func DialRaw(tb testing.TB, srv *Server, fastStart bool) *RawConn {
 	priv := wire.GenerateNodePrivate()
 	rc := &RawConn{tb: tb, Conn: c, br: bufio.NewReader(c), Priv: priv, Pub: priv.Public()}
 	req := "GET /derp HTTP/1.1\r\nHost: " + srv.Addr() + "\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n"
+	for _, h := range headers {
+		req += h + "\r\n"
+	}
 	if fastStart {
 		req += "Derp-Fast-Start: 1\r\n"
 	}
