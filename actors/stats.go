@@ -27,6 +27,7 @@ var dropReasonNames = [numDropReasons]string{
 	"queue_head", "queue_tail", "write_error", "dup_client",
 }
 
+// String returns the reason's metric label.
 func (r DropReason) String() string {
 	if r < numDropReasons {
 		return dropReasonNames[r]
@@ -39,14 +40,20 @@ func (r DropReason) String() string {
 type PacketKind uint8
 
 const (
-	KindDisco PacketKind = iota
-	KindOther
+	KindDisco PacketKind = iota // a disco (path discovery) message
+	KindOther                   // anything else: WireGuard data, mostly
 	numPacketKinds
 )
 
 var packetKindNames = [numPacketKinds]string{"disco", "other"}
 
-func (k PacketKind) String() string { return packetKindNames[k] }
+// String returns the kind's metric label.
+func (k PacketKind) String() string {
+	if k < numPacketKinds {
+		return packetKindNames[k]
+	}
+	return fmt.Sprintf("PacketKind(%d)", k)
+}
 
 // KindOf classifies a packet.
 func KindOf(disco bool) PacketKind {
@@ -145,8 +152,11 @@ func (s *Stats) AddReceived(c *ReceiveCounts) {
 }
 
 // SendCounts is a writer's local tally, folded into Stats after each flush.
+// The disco share is kept so that a batch lost to a failed flush can be
+// counted as dropped by kind (see DropUnsent).
 type SendCounts struct {
-	Packets, Bytes int64
+	Packets, Bytes    int64
+	Disco, DiscoBytes int64
 }
 
 // AddSent folds a writer's tally in and resets it.
@@ -156,6 +166,20 @@ func (s *Stats) AddSent(c *SendCounts) {
 	}
 	s.PacketsSent.Add(c.Packets)
 	s.BytesSent.Add(c.Bytes)
+	*c = SendCounts{}
+}
+
+// DropUnsent counts a writer's tally as dropped for reason instead of
+// sent, and resets it: a flush failed, so the packets it held were
+// buffered but not delivered.
+func (s *Stats) DropUnsent(reason DropReason, c *SendCounts) {
+	if c.Packets == 0 {
+		return
+	}
+	s.packetsDropped[reason][KindDisco].Add(c.Disco)
+	s.bytesDropped[reason][KindDisco].Add(c.DiscoBytes)
+	s.packetsDropped[reason][KindOther].Add(c.Packets - c.Disco)
+	s.bytesDropped[reason][KindOther].Add(c.Bytes - c.DiscoBytes)
 	*c = SendCounts{}
 }
 

@@ -67,7 +67,7 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		if a.preferred {
 			stats.HomeConns.Add(-1)
 		}
-		logDisconnect(connLog(a.sys, a.conn), m.err, a.since)
+		logDisconnect(connLog(a.sys, a.conn), m.err, a.closeReason, a.since)
 		ctx.Stop(ctx.Self())
 	}
 }

@@ -360,14 +360,19 @@ func (o *Outbox) run() {
 		if o.writeTimeout > 0 {
 			o.conn.SetWriteDeadline(time.Time{})
 		}
-		// Give up the slot, then look once more: work queued after the
-		// last look but before the store would otherwise wait for the
-		// next kick, which may never come.
-		o.running.Store(false)
-		if !o.hasWork() || !o.running.CompareAndSwap(false, true) {
+		if !o.releaseSlot() {
 			return
 		}
 	}
+}
+
+// releaseSlot gives up the writer's slot, then looks once more for work:
+// work queued after the holder's last look but before it let go would
+// otherwise wait for the next kick, which may never come. It reports
+// whether the caller took the slot back and must write that work.
+func (o *Outbox) releaseSlot() bool {
+	o.running.Store(false)
+	return o.hasWork() && o.running.CompareAndSwap(false, true)
 }
 
 // writeDirect writes p on the caller's goroutine, which holds the
@@ -390,6 +395,7 @@ func (o *Outbox) writeDirect(p *wire.Packet) bool {
 	frames := o.w.Frames()
 	all, err := o.w.TryFlush(o.direct.write)
 	if err != nil {
+		o.lost()
 		o.fail(err)
 		o.finish()
 		return true
@@ -402,8 +408,7 @@ func (o *Outbox) writeDirect(p *wire.Packet) bool {
 		return true
 	}
 	o.w.Release()
-	o.running.Store(false)
-	if o.hasWork() && o.running.CompareAndSwap(false, true) {
+	if o.releaseSlot() {
 		go o.run()
 	}
 	return true
@@ -443,8 +448,21 @@ func (o *Outbox) flush() {
 	if frames == 0 {
 		return
 	}
-	o.w.Flush()
+	if o.w.Flush() != nil {
+		o.lost()
+		return
+	}
 	o.flushed(frames)
+}
+
+// lost does the bookkeeping of a failed flush: the batch's packets count
+// as write errors rather than as sent (one the buffer refused outright is
+// counted by writePacket). Any that left in a write the buffer made
+// mid-batch count too: nothing tells which did, and the connection is
+// dead either way.
+func (o *Outbox) lost() {
+	o.sys.Stats.DropUnsent(actors.DropWriteError, &o.sent)
+	o.oldest = 0
 }
 
 // flushed does the bookkeeping of a completed flush of frames frames.
@@ -463,11 +481,16 @@ func (o *Outbox) writePacket(p *wire.Packet) {
 	if o.oldest == 0 {
 		o.oldest = p.QueuedAt
 	}
+	disco, n := p.IsDisco(), p.Len()
 	if err := o.w.WriteRaw(p.RecvFrame()); err != nil {
-		o.sys.Stats.Drop(actors.DropWriteError, actors.KindOf(p.IsDisco()), p.Len())
+		o.sys.Stats.Drop(actors.DropWriteError, actors.KindOf(disco), n)
 	} else {
 		o.sent.Packets++
-		o.sent.Bytes += int64(p.Len())
+		o.sent.Bytes += int64(n)
+		if disco {
+			o.sent.Disco++
+			o.sent.DiscoBytes += int64(n)
+		}
 	}
 	p.Release()
 }

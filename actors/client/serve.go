@@ -48,7 +48,8 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	start := time.Now()
 	conn.SetDeadline(start.Add(HandshakeTimeout))
 	key, info, shared, rd, err := handshake(cfg, a)
-	if err == nil && cfg.Admit != nil && !isMesh(cfg, info) {
+	canMesh := err == nil && isMesh(cfg, info)
+	if err == nil && cfg.Admit != nil && !canMesh {
 		ctx, cancel := context.WithDeadline(context.Background(), start.Add(HandshakeTimeout))
 		err = cfg.Admit(ctx, key, a.Addr)
 		cancel()
@@ -76,7 +77,6 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	conn.SetDeadline(time.Time{})
 	rd.SetMaxFrame(maxFrameAfterHandshake)
 
-	canMesh := isMesh(cfg, info)
 	c := &actors.Conn{
 		ID:      sys.NextConnID(),
 		Key:     key,
@@ -202,7 +202,9 @@ func isBenign(err error) bool {
 }
 
 // logDisconnect writes the one line an operator sees when a client leaves.
-func logDisconnect(log *zerolog.Logger, err error, since time.Time) {
+// closeReason is why the server closed the connection, if it did: the
+// reader's error then only says that the socket was closed.
+func logDisconnect(log *zerolog.Logger, err error, closeReason string, since time.Time) {
 	ev := log.Info()
 	reason := "closed"
 	switch {
@@ -219,6 +221,9 @@ func logDisconnect(log *zerolog.Logger, err error, since time.Time) {
 	}
 	if err != nil {
 		ev = ev.AnErr("error", err)
+	}
+	if closeReason != "" {
+		ev = ev.Str("close_reason", closeReason)
 	}
 	ev.Str("reason", reason).Dur("duration", time.Since(since)).Msg("client disconnected")
 }

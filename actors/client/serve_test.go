@@ -335,19 +335,30 @@ func TestServePeerGoneWhenSenderLeaves(t *testing.T) {
 	a := s.connect(t, clientInfo)
 	b := s.connect(t, clientInfo)
 	c := s.connect(t, clientInfo)
+	d := s.connect(t, clientInfo)
 	a.send(b.pub, []byte("hi"))
 	if typ, _ := b.readSkipping(); typ != wire.FrameRecvPacket {
 		t.Fatalf("B got %v", typ)
+	}
+	// C hears from D only. Its writer reported that to the registry
+	// before writing the packet, so ahead of anything sent after this.
+	d.send(c.pub, []byte("hi"))
+	if typ, _ := c.readSkipping(); typ != wire.FrameRecvPacket {
+		t.Fatalf("C got %v", typ)
 	}
 	a.conn.Close()
 	typ, body := b.readSkipping()
 	if typ != wire.FramePeerGone || len(body) != 33 || wire.NodePublic(body[:32]) != a.pub || body[32] != 0 {
 		t.Fatalf("B got %v %x, want PeerGone(A, disconnected)", typ, body)
 	}
-	// C never heard from A: its next frame is the answer to its ping.
-	c.frame(wire.FramePing, []byte("sentinel"))
-	if typ, _ := c.readSkipping(); typ != wire.FramePong {
-		t.Fatalf("C got %v before its pong", typ)
+	// The registry has handled A's departure: had it sent C a PeerGone
+	// for A, that would already be on its way, ahead of the one D's
+	// departure causes on the same path (registry, C's actor, C's outbox).
+	// So C's next frame must be PeerGone for D.
+	d.conn.Close()
+	typ, body = c.readSkipping()
+	if typ != wire.FramePeerGone || len(body) != 33 || wire.NodePublic(body[:32]) != d.pub || body[32] != 0 {
+		t.Fatalf("C got %v %x, want PeerGone(D) and nothing about A", typ, body)
 	}
 }
 

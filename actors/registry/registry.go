@@ -136,7 +136,7 @@ func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
 	r.setActive(ks, cs)
 	stats.ClientsLocal.Store(int64(len(r.keys)))
 	ctx.Send(c.PID, &actors.Registered{})
-	r.broadcast(ctx, actors.PeerPresence{Peer: c.Key, Present: true, Addr: c.Addr, Flags: c.Flags})
+	r.broadcast(ctx, present(c))
 }
 
 func (r *Registry) unregister(ctx actor.Context, c *actors.Conn) {
@@ -287,11 +287,16 @@ func (r *Registry) watch(ctx actor.Context, c *actors.Conn) {
 		r.sys.Stats.Watchers.Add(1)
 	}
 	updates := make([]actors.PeerPresence, 0, len(r.keys))
-	for k, ks := range r.keys {
-		a := ks.active.conn
-		updates = append(updates, actors.PeerPresence{Peer: k, Present: true, Addr: a.Addr, Flags: a.Flags})
+	for _, ks := range r.keys {
+		updates = append(updates, present(ks.active.conn))
 	}
 	ctx.Send(c.PID, &actors.SendPeerPresence{Updates: updates})
+}
+
+// present is the watcher entry that announces c: its key, and the address
+// and flags of this connection.
+func present(c *actors.Conn) actors.PeerPresence {
+	return actors.PeerPresence{Peer: c.Key, Present: true, Addr: c.Addr, Flags: c.Flags}
 }
 
 func (r *Registry) broadcast(ctx actor.Context, u actors.PeerPresence) {
@@ -333,8 +338,9 @@ func (r *Registry) state() *actors.RegistryState {
 	return st
 }
 
-// check cross-checks the registry's maps and the RouteTable, for
-// /debug/check and for tests.
+// check cross-checks the registry's maps against each other, the
+// RouteTable and the gauges the registry keeps, for /debug/check and for
+// tests.
 func (r *Registry) check() []string {
 	var problems []string
 	for k, ks := range r.keys {
@@ -371,12 +377,69 @@ func (r *Registry) check() []string {
 		}
 		return true
 	})
-	n := 0
+	n, dupKeys, dupConns := 0, 0, 0
 	for _, ks := range r.keys {
 		n += len(ks.conns)
+		if len(ks.conns) > 1 {
+			dupKeys++
+			dupConns += len(ks.conns)
+		}
 	}
 	if n != len(r.conns) {
 		problems = append(problems, fmt.Sprintf("%d connections by key but %d registered", n, len(r.conns)))
+	}
+	for c, cs := range r.conns {
+		if ks := r.keys[c.Key]; ks == nil || !slices.Contains(ks.conns, cs) {
+			problems = append(problems, fmt.Sprintf("conn %d is registered but not listed under key %s", c.ID, c.Key.ShortString()))
+		}
+	}
+	for w := range r.watchers {
+		if _, ok := r.conns[w]; !ok {
+			problems = append(problems, fmt.Sprintf("watcher conn %d is not registered", w.ID))
+		}
+	}
+
+	// recipients and the heardFrom sets are two indexes of one relation,
+	// "this connection was sent a packet from that key": each must hold
+	// exactly what the other does, or a PeerGone goes missing or goes to
+	// a connection that never heard from the peer.
+	for src, set := range r.recipients {
+		if len(set) == 0 {
+			problems = append(problems, fmt.Sprintf("key %s has an empty recipients set", src.ShortString()))
+		}
+		for c := range set {
+			cs := r.conns[c]
+			if cs == nil {
+				problems = append(problems, fmt.Sprintf("conn %d is a recipient of %s but not registered", c.ID, src.ShortString()))
+				continue
+			}
+			if _, ok := cs.heardFrom[src]; !ok {
+				problems = append(problems, fmt.Sprintf("conn %d is a recipient of %s but did not hear from it", c.ID, src.ShortString()))
+			}
+		}
+	}
+	for c, cs := range r.conns {
+		for src := range cs.heardFrom {
+			if _, ok := r.recipients[src][c]; !ok {
+				problems = append(problems, fmt.Sprintf("conn %d heard from %s but is not among its recipients", c.ID, src.ShortString()))
+			}
+		}
+	}
+
+	// The gauges the registry alone keeps must match its maps.
+	stats := r.sys.Stats
+	for _, g := range []struct {
+		name      string
+		got, want int64
+	}{
+		{"clients_local", stats.ClientsLocal.Load(), int64(len(r.keys))},
+		{"dup_client_keys", stats.DupClientKeys.Load(), int64(dupKeys)},
+		{"dup_client_conns", stats.DupClientConns.Load(), int64(dupConns)},
+		{"watchers", stats.Watchers.Load(), int64(len(r.watchers))},
+	} {
+		if g.got != g.want {
+			problems = append(problems, fmt.Sprintf("gauge %s is %d but the registry holds %d", g.name, g.got, g.want))
+		}
 	}
 	return problems
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,15 +113,21 @@ func (h *harness) activeSink(k wire.NodePublic) actors.PacketSink {
 
 func (h *harness) mustBeConsistent() {
 	h.t.Helper()
+	if p := h.problems(); len(p) > 0 {
+		h.t.Fatalf("registry inconsistent: %q", p)
+	}
+}
+
+// problems asks the registry for its consistency report.
+func (h *harness) problems() []string {
+	h.t.Helper()
 	f := h.sys.Root.RequestFuture(h.reg, &actors.CheckConsistency{}, time.Minute)
 	h.d.RunUntilIdle()
 	res, err := f.Result()
 	if err != nil {
 		h.t.Fatalf("consistency check: %v", err)
 	}
-	if p := res.(*actors.ConsistencyReport).Problems; len(p) > 0 {
-		h.t.Fatalf("registry inconsistent: %q", p)
-	}
+	return res.(*actors.ConsistencyReport).Problems
 }
 
 func (h *harness) state() *actors.RegistryState {
@@ -422,6 +429,52 @@ func TestCloseAllReachesEveryConnection(t *testing.T) {
 		if got := f.take(); len(got) != 1 {
 			t.Fatalf("conn %d got %v", f.conn.ID, got)
 		}
+	}
+}
+
+// The churn test below is only as good as the check it runs: each kind of
+// damage to the registry's state must be reported.
+func TestCheckReportsCorruptState(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		corrupt func(h *harness, a, b *fakeClient)
+		want    string
+	}{
+		{"recipient that did not hear", func(h *harness, a, b *fakeClient) {
+			delete(h.r.conns[b.conn].heardFrom, a.conn.Key)
+		}, "but did not hear from it"},
+		{"heard but not a recipient", func(h *harness, a, b *fakeClient) {
+			delete(h.r.recipients[a.conn.Key], b.conn)
+		}, "is not among its recipients"},
+		{"unregistered watcher", func(h *harness, a, b *fakeClient) {
+			h.r.watchers[&actors.Conn{ID: 99, Key: key(9)}] = struct{}{}
+		}, "watcher conn 99 is not registered"},
+		{"dup keys gauge", func(h *harness, a, b *fakeClient) {
+			h.sys.Stats.DupClientKeys.Add(1)
+		}, "gauge dup_client_keys"},
+		{"dup conns gauge", func(h *harness, a, b *fakeClient) {
+			h.sys.Stats.DupClientConns.Add(-1)
+		}, "gauge dup_client_conns"},
+		{"watchers gauge", func(h *harness, a, b *fakeClient) {
+			h.sys.Stats.Watchers.Add(1)
+		}, "gauge watchers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			a := h.connect(key(1), false)
+			h.connect(key(1), false) // a duplicate, so the dup gauges are not 0
+			b := h.connect(key(2), false)
+			h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+			h.mustBeConsistent()
+			tc.corrupt(h, a, b) // the dispatcher is idle: nothing else runs
+			problems := h.problems()
+			for _, p := range problems {
+				if strings.Contains(p, tc.want) {
+					return
+				}
+			}
+			t.Fatalf("problems %q, want one saying %q", problems, tc.want)
+		})
 	}
 }
 
