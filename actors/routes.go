@@ -27,17 +27,58 @@ type Waiter struct {
 
 	// Direct is set by the owner when the packet it is routing is the last
 	// it has read for now: a destination with nothing queued may then
-	// write it on the spot instead of waking its writer. Packets of a
-	// burst are left for the writer to batch.
+	// write it on the spot instead of waking its writer.
 	Direct bool
+
+	// Burst is set by the owner when the next frame is already whole in
+	// its buffer, so it will route it without waiting on its socket. A
+	// destination may then queue the packet without waking its writer
+	// and leave that to the owner (see Defer): the burst goes out in one
+	// write, made by the owner, instead of waking a writer per burst.
+	Burst bool
+
+	// deferred is the destination this loop queued packets for without
+	// waking it; at most one at a time.
+	deferred Deferrer
 
 	// Counts since the owner last folded them into Stats.
 	Waits, Timeouts int64
 }
 
+// Deferrer is a destination that lets a read loop wake it late.
+type Deferrer interface {
+	// WakeDeferred sends what the loop queued without waking the
+	// destination's writer. It never waits on the destination.
+	WakeDeferred()
+}
+
+// Defer records that d holds packets from this loop that no writer has
+// been woken for. A different destination deferred before is woken now.
+func (w *Waiter) Defer(d Deferrer) {
+	if w.deferred != nil && w.deferred != d {
+		w.deferred.WakeDeferred()
+	}
+	w.deferred = d
+}
+
+// IsDeferred reports whether d is this loop's deferred destination.
+func (w *Waiter) IsDeferred(d Deferrer) bool { return w.deferred == d }
+
+// WakeDeferred wakes the deferred destination, if any. The owner calls it
+// before anything that may make it wait, and when its burst ends.
+func (w *Waiter) WakeDeferred() {
+	if d := w.deferred; d != nil {
+		w.deferred = nil
+		d.WakeDeferred()
+	}
+}
+
 // Send puts p on q, waiting up to d for room. It reports whether p was
 // queued; if not, p is still the caller's.
 func (w *Waiter) Send(q chan<- *wire.Packet, p *wire.Packet, d time.Duration) bool {
+	// Whatever this loop deferred must not wait behind the wait (it may
+	// be the very queue that is full).
+	w.WakeDeferred()
 	w.Waits++
 	if w.timer == nil {
 		w.timer = time.NewTimer(d)

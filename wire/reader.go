@@ -75,6 +75,16 @@ func (rd *Reader) SetMaxFrame(n uint32) { rd.maxFrame = n }
 // Buffered reports how many bytes are buffered and not yet consumed.
 func (rd *Reader) Buffered() int { return rd.w - rd.r }
 
+// FrameBuffered reports whether the next frame, header and body, is whole
+// in the buffer, so that reading it will not wait on the connection.
+func (rd *Reader) FrameBuffered() bool {
+	if rd.w-rd.r < HeaderLen {
+		return false
+	}
+	_, n := ParseHeader(rd.buf[rd.r:])
+	return uint64(rd.w-rd.r) >= uint64(HeaderLen)+uint64(n)
+}
+
 // ReadHeader reads the next frame header.
 func (rd *Reader) ReadHeader() (FrameType, uint32, error) {
 	if rd.raw == nil && rd.r == rd.w && rd.err == nil && rd.pending == nil {

@@ -196,3 +196,36 @@ func TestIdleReaderWithoutRawSourceHoldsNoBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFrameBuffered(t *testing.T) {
+	var b bytes.Buffer
+	w := NewWriter(&b, 0)
+	w.WriteSendPacket(NodePublic{1}, make([]byte, 100))
+	w.WriteSendPacket(NodePublic{2}, make([]byte, 100))
+	w.Flush()
+	two := b.Bytes()
+	one := len(two) / 2
+	for _, c := range []struct {
+		prefix []byte
+		want   bool // after reading the first frame
+	}{
+		{two, true},                    // the second frame is whole
+		{two[:len(two)-1], false},      // one byte short
+		{two[:one+HeaderLen-1], false}, // not even its header
+	} {
+		rd := NewReader(bytes.NewReader(nil), c.prefix, 1<<20)
+		if !rd.FrameBuffered() {
+			t.Fatal("first frame is whole, FrameBuffered says no")
+		}
+		_, n, err := rd.ReadHeader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rd.Discard(int(n)); err != nil {
+			t.Fatal(err)
+		}
+		if got := rd.FrameBuffered(); got != c.want {
+			t.Errorf("with %d of %d bytes buffered: FrameBuffered = %v, want %v", len(c.prefix), len(two), got, c.want)
+		}
+	}
+}

@@ -153,13 +153,19 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	// at a connection with no writer running, and so nothing queued, is
 	// written right here, without handing it to another goroutine. Packets
 	// in a burst are queued instead, for the writer to send in one batch.
-	if w != nil && w.Direct && o.direct != nil && o.started.Load() && !o.running.Load() && o.running.CompareAndSwap(false, true) {
+	// (Not if this reader has packets of its own queued here unwoken:
+	// the lone packet must not overtake them.)
+	if w != nil && w.Direct && o.direct != nil && !w.IsDeferred(o) && o.started.Load() && !o.running.Load() && o.running.CompareAndSwap(false, true) {
 		if o.writeDirect(p) {
 			return
 		}
 		// Control frames were waiting; a writer goroutine now sends them,
 		// and the packet queues behind them.
 	}
+	// A packet of a burst, or the end of one this reader queued here, is
+	// queued without waking the writer when the reader could write the
+	// burst itself once it ends (see WakeDeferred).
+	deferrable := w != nil && o.direct != nil && (w.Burst || w.IsDeferred(o))
 	kind := actors.KindOther
 	q := o.data
 	if p.IsDisco() {
@@ -167,7 +173,11 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	}
 	select {
 	case q <- p:
-		o.queued()
+		if deferrable {
+			o.queuedDeferred(w)
+		} else {
+			o.queued()
+		}
 		return
 	default:
 	}
@@ -246,6 +256,46 @@ func (o *Outbox) queueCtrl(f ctrlFrame) {
 	o.ctrl = append(o.ctrl, f)
 	o.ctrlMu.Unlock()
 	o.signal()
+}
+
+// queuedDeferred is queued for a packet whose reader will wake this
+// outbox itself when its burst ends.
+func (o *Outbox) queuedDeferred(w *actors.Waiter) {
+	if o.closed.Load() {
+		o.dropQueued()
+		return
+	}
+	w.Defer(o)
+}
+
+// WakeDeferred implements actors.Deferrer: a reader's burst has ended, and
+// the packets it queued here without waking the writer must go. If no
+// writer is running, the reader writes them itself, as one batch with one
+// non-blocking write (see writeDirect); otherwise the running writer
+// takes them.
+func (o *Outbox) WakeDeferred() {
+	if !o.started.Load() {
+		return // Start wakes the writer for everything queued before it
+	}
+	if o.running.Load() || !o.running.CompareAndSwap(false, true) {
+		return
+	}
+	if o.ctrlWaiting() {
+		go o.run() // control frames first; they may not fit one buffer
+		return
+	}
+drain:
+	for o.w.Buffered() < batchFlushBytes {
+		select {
+		case p := <-o.disco:
+			o.writePacket(p)
+		case p := <-o.data:
+			o.writePacket(p)
+		default:
+			break drain
+		}
+	}
+	o.tryFlushDirect()
 }
 
 // queued follows every successful enqueue: it makes sure a writer will
@@ -392,26 +442,34 @@ func (o *Outbox) writeDirect(p *wire.Packet) bool {
 		return false
 	}
 	o.writePacket(p)
+	o.tryFlushDirect()
+	return true
+}
+
+// tryFlushDirect writes what the holder of the writer's slot buffered,
+// with one non-blocking write, and hands whatever is left (unwritten
+// bytes, packets queued meanwhile) to a writer goroutine, which inherits
+// the slot; otherwise it gives the slot back.
+func (o *Outbox) tryFlushDirect() {
 	frames := o.w.Frames()
 	all, err := o.w.TryFlush(o.direct.write)
 	if err != nil {
 		o.lost()
 		o.fail(err)
 		o.finish()
-		return true
+		return
 	}
 	if all {
 		o.flushed(frames)
 	}
 	if !all || o.hasWork() {
 		go o.run()
-		return true
+		return
 	}
 	o.w.Release()
 	if o.releaseSlot() {
 		go o.run()
 	}
-	return true
 }
 
 // ctrlWaiting reports whether control frames wait to be written.

@@ -463,3 +463,64 @@ func TestOutboxFailedDirectWriteCountsWriteError(t *testing.T) {
 		t.Fatalf("sent = %d, want 0", got)
 	}
 }
+
+// expectPackets reads frames from the far end and requires RecvPackets
+// whose one-byte payloads are want, in order.
+func (e *outboxEnv) expectPackets(t *testing.T, want ...byte) {
+	t.Helper()
+	for _, b := range want {
+		typ, body := e.readFrame(t)
+		if typ != wire.FrameRecvPacket || len(body) != wire.KeyLen+1 || body[wire.KeyLen] != b {
+			t.Fatalf("got %v %x, want the packet %d", typ, body, b)
+		}
+	}
+}
+
+// A reader with more whole frames buffered queues its burst without
+// waking the writer, then writes it itself when the burst ends; a lone
+// packet at the end of the burst must not overtake it.
+func TestOutboxBurstWaitsForItsReaderAndKeepsOrder(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	if e.ob.direct == nil {
+		t.Skip("no direct writes on this platform")
+	}
+	e.ob.started.Store(true) // as Start would, without a writer running
+	src := testKey(1)
+	w := &actors.Waiter{Burst: true}
+	for i := range 3 {
+		e.ob.SendPacket(packet(src, []byte{byte(i)}), w)
+	}
+	if e.ob.running.Load() || len(e.ob.data) != 3 || !w.IsDeferred(e.ob) {
+		t.Fatalf("burst: writer running %v, %d queued, deferred %v; want no writer, 3 queued, deferred",
+			e.ob.running.Load(), len(e.ob.data), w.IsDeferred(e.ob))
+	}
+	w.Burst, w.Direct = false, true
+	e.ob.SendPacket(packet(src, []byte{3}), w) // the burst's last packet
+	w.WakeDeferred()
+	e.expectPackets(t, 0, 1, 2, 3)
+}
+
+// A burst bigger than the queue: waiting for room must first send what
+// the reader deferred, or it would wait for a writer nobody woke.
+func TestOutboxBurstWakesItselfBeforeWaitingForRoom(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{QueueDepth: 2})
+	if e.ob.direct == nil {
+		t.Skip("no direct writes on this platform")
+	}
+	e.ob.started.Store(true)
+	src := testKey(1)
+	w := &actors.Waiter{Burst: true}
+	for i := range 5 {
+		e.ob.SendPacket(packet(src, []byte{byte(i)}), w)
+	}
+	w.WakeDeferred()
+	e.expectPackets(t, 0, 1, 2, 3, 4)
+	for _, r := range []actors.DropReason{actors.DropQueueHead, actors.DropQueueTail} {
+		if n := e.sys.Stats.Dropped(r, actors.KindOther); n != 0 {
+			t.Fatalf("%d packets dropped as %v", n, r)
+		}
+	}
+	if w.Timeouts != 0 {
+		t.Fatalf("%d waits for room timed out", w.Timeouts)
+	}
+}

@@ -50,6 +50,7 @@ func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader) 
 func (r *reader) run() error {
 	defer r.sys.Stats.AddReceived(&r.recv)
 	defer r.sys.Stats.AddWaits(&r.waiter)
+	defer r.waiter.WakeDeferred()
 	for {
 		idle := r.rd.Buffered() == 0
 		if idle {
@@ -66,10 +67,19 @@ func (r *reader) run() error {
 			r.now = time.Now().UnixNano()
 		}
 		if r.conn.NoteActivity.Load() && r.conn.NoteActivity.CompareAndSwap(true, false) {
+			r.waiter.WakeDeferred() // the registry round trip below may wait
 			r.noteActivity()
+		}
+		if t != wire.FrameSendPacket && t != wire.FrameForwardPacket {
+			r.waiter.WakeDeferred()
 		}
 		if err := r.handle(t, n); err != nil {
 			return err
+		}
+		if !r.rd.FrameBuffered() {
+			// The next read may wait on the socket: nothing may stay
+			// queued unwoken meanwhile.
+			r.waiter.WakeDeferred()
 		}
 	}
 }
@@ -205,6 +215,7 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 		if rt.Local != nil {
 			p.QueuedAt = r.now
 			r.waiter.Direct = r.rd.Buffered() == 0
+			r.waiter.Burst = r.rd.FrameBuffered()
 			rt.Local.SendPacket(p, &r.waiter)
 			return
 		}
