@@ -58,14 +58,18 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 		}
 	}
 	m := metrics{
-		"server_cores":    cpu.cores(),
-		"loadgen_cores":   self.cores(),
-		"delivered_pps":   float64(p1-p0) / dt,
-		"goodput_mbps":    float64(b1-b0) * 8 / dt / 1e6,
-		"written_pps":     float64(s1-s0) / dt,
-		"offered_pps":     spec.rate,
-		"pairs":           float64(spec.pairs),
-		"delivered_ratio": 0,
+		"server_cores":  cpu.cores(),
+		"loadgen_cores": self.cores(),
+		"delivered_pps": float64(p1-p0) / dt,
+		"goodput_mbps":  float64(b1-b0) * 8 / dt / 1e6,
+		"written_pps":   float64(s1-s0) / dt,
+		// What the server delivered of what it was actually given: below
+		// delivered_ratio's denominator when the load generator falls
+		// short of the offered rate.
+		"delivered_of_written": float64(p1-p0) / float64(max(1, s1-s0)),
+		"offered_pps":          spec.rate,
+		"pairs":                float64(spec.pairs),
+		"delivered_ratio":      0,
 	}
 	if spec.rate > 0 {
 		healthyShare := 1.0
