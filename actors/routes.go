@@ -61,6 +61,9 @@ func (w *Waiter) Defer(d Deferrer) {
 	w.deferred = d
 }
 
+// HasDeferred reports whether some destination waits to be woken.
+func (w *Waiter) HasDeferred() bool { return w.deferred != nil }
+
 // IsDeferred reports whether d is this loop's deferred destination.
 func (w *Waiter) IsDeferred(d Deferrer) bool { return w.deferred == d }
 

@@ -472,16 +472,14 @@ func (o *Outbox) tryFlushDirect() {
 	}
 }
 
-// ctrlWaiting reports whether control frames wait to be written.
-func (o *Outbox) ctrlWaiting() bool {
-	if o.kaDue.Load() {
-		return true
-	}
-	o.ctrlMu.Lock()
-	waiting := len(o.ctrl) > 0 || o.pongPending
-	o.ctrlMu.Unlock()
-	return waiting
-}
+// ctrlWaiting reports whether control frames wait to be written. It reads
+// the wake token rather than the control queue, so a lone packet's direct
+// write takes no lock: every control frame (ServerInfo, PeerGone,
+// presence, a pong, a due keepalive) is followed by a token, and the
+// token stays until a writer has taken the frames. A frame queued at the
+// very moment of the check may be missed, which only means the packet
+// goes first; ServerInfo, queued before Start, never is.
+func (o *Outbox) ctrlWaiting() bool { return len(o.wake) > 0 }
 
 // hasWork reports whether anything waits for a writer.
 func (o *Outbox) hasWork() bool {

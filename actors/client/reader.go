@@ -76,7 +76,7 @@ func (r *reader) run() error {
 		if err := r.handle(t, n); err != nil {
 			return err
 		}
-		if !r.rd.FrameBuffered() {
+		if r.waiter.HasDeferred() && !r.rd.FrameBuffered() {
 			// The next read may wait on the socket: nothing may stay
 			// queued unwoken meanwhile.
 			r.waiter.WakeDeferred()
