@@ -35,8 +35,7 @@ type Server struct {
 
 	conn      packetConn
 	serving   atomic.Bool
-	closed    atomic.Bool
-	done      chan struct{} // closed by Close, to cut a read back-off short
+	done      chan struct{} // closed by Close: ends Serve and cuts a read back-off short
 	closeOnce sync.Once
 	wait      func(time.Duration) // test hook standing in for the back-off timer
 
@@ -87,7 +86,7 @@ func (s *Server) Serve() error {
 	for {
 		n, from, err := s.conn.ReadFromUDPAddrPort(s.buf[:])
 		if err != nil {
-			if s.closed.Load() || errors.Is(err, net.ErrClosed) {
+			if s.isClosed() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			s.Counters.ReadError.Add(1)
@@ -166,10 +165,18 @@ func (s *Server) report(err error) {
 	}
 }
 
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Close closes the socket, which makes Serve return nil. Calling it
 // again returns the socket's error for a repeated close.
 func (s *Server) Close() error {
-	s.closed.Store(true)
 	s.closeOnce.Do(func() { close(s.done) })
 	return s.conn.Close()
 }

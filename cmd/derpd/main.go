@@ -22,7 +22,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -209,7 +208,10 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			}
 			return fmt.Errorf("STUN: %w", err)
 		}
-		s.stun.OnError = stunErrorLogger(log)
+		// A failing UDP socket can report an error per datagram, and the
+		// counters tally them all: one line per ten seconds is enough.
+		stunLog := log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})
+		s.stun.OnError = func(err error) { stunLog.Warn().Err(err).Msg("STUN socket error") }
 		go func() {
 			if err := s.stun.Serve(); err != nil {
 				log.Error().Err(err).Msg("STUN server stopped")
@@ -369,23 +371,4 @@ type debugWriter struct{ log zerolog.Logger }
 func (w debugWriter) Write(p []byte) (int, error) {
 	w.log.Debug().Msg(strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// stunErrorLogger logs STUN socket errors at most once every ten seconds,
-// with how many were suppressed: a failing UDP socket can report an error
-// per datagram, and the counters already tally them.
-func stunErrorLogger(log zerolog.Logger) func(error) {
-	var mu sync.Mutex
-	var last time.Time
-	var suppressed int
-	return func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(last) < 10*time.Second {
-			suppressed++
-			return
-		}
-		log.Warn().Err(err).Int("suppressed", suppressed).Msg("STUN socket error")
-		last, suppressed = time.Now(), 0
-	}
 }
