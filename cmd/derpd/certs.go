@@ -41,9 +41,14 @@ type certSource interface {
 	NextProtos() []string
 	// HTTPHandler wraps the port-80 handler (ACME HTTP-01 challenges).
 	HTTPHandler(fallback http.Handler) http.Handler
-	// Reload re-reads certificates from disk where the mode has any.
+	// Reload re-reads certificates from disk where the mode has any, and
+	// returns errNothingToReload where it has none.
 	Reload() error
 }
+
+// errNothingToReload is what a certificate source without files to
+// re-read answers to Reload (and what plain HTTP, with no source, means).
+var errNothingToReload = errors.New("nothing to reload: only -certmode=manual certificates are read from files")
 
 // gcpDirectory is Google Trust Services' ACME directory, which upstream
 // uses for -certmode=gcp.
@@ -118,7 +123,7 @@ func (a acmeCerts) GetCertificate(hi *tls.ClientHelloInfo) (*tls.Certificate, er
 }
 func (a acmeCerts) NextProtos() []string                           { return []string{acme.ALPNProto} }
 func (a acmeCerts) HTTPHandler(fallback http.Handler) http.Handler { return a.m.HTTPHandler(fallback) }
-func (a acmeCerts) Reload() error                                  { return nil }
+func (a acmeCerts) Reload() error                                  { return errNothingToReload }
 
 // manualCerts serves <certdir>/<hostname>.crt and .key. The files are
 // re-read when they change (checked at most every manualRecheck, and at

@@ -250,14 +250,17 @@ func (s *server) reloadOnHUP(ctx context.Context, hup <-chan os.Signal) {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if _, manual := s.certs.(*manualCerts); !manual {
-				s.log.Info().Msg("SIGHUP: nothing to reload (only -certmode=manual certificates are re-read)")
-				continue
+			err := errNothingToReload
+			if s.certs != nil {
+				err = s.certs.Reload()
 			}
-			if err := s.certs.Reload(); err != nil {
-				s.log.Error().Err(err).Msg("SIGHUP: reloading certificates failed; keeping the old ones")
-			} else {
+			switch {
+			case err == nil:
 				s.log.Info().Msg("SIGHUP: certificates reloaded")
+			case errors.Is(err, errNothingToReload):
+				s.log.Info().Msg("SIGHUP: " + err.Error())
+			default:
+				s.log.Error().Err(err).Msg("SIGHUP: reloading certificates failed; keeping the old ones")
 			}
 		}
 	}
