@@ -3,6 +3,7 @@ package stun
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -380,20 +381,25 @@ func BenchmarkHandle(b *testing.B) {
 	}
 }
 
+// exposition is what WritePrometheus must write for these counter values,
+// in order success, not_stun, read_error, write_error, ipv4, ipv6.
+func exposition(v ...int) string {
+	return fmt.Sprintf(`# TYPE stun_requests counter
+stun_requests{disposition="success"} %d
+stun_requests{disposition="not_stun"} %d
+stun_requests{disposition="read_error"} %d
+stun_requests{disposition="write_error"} %d
+# TYPE stun_addrfamily counter
+stun_addrfamily{family="ipv4"} %d
+stun_addrfamily{family="ipv6"} %d
+`, v[0], v[1], v[2], v[3], v[4], v[5])
+}
+
 func TestWritePrometheus(t *testing.T) {
 	var c Counters
 	var b strings.Builder
 	c.WritePrometheus(&b)
-	const zero = `# TYPE stun_requests counter
-stun_requests{disposition="success"} 0
-stun_requests{disposition="not_stun"} 0
-stun_requests{disposition="read_error"} 0
-stun_requests{disposition="write_error"} 0
-# TYPE stun_addrfamily counter
-stun_addrfamily{family="ipv4"} 0
-stun_addrfamily{family="ipv6"} 0
-`
-	if b.String() != zero {
+	if zero := exposition(0, 0, 0, 0, 0, 0); b.String() != zero {
 		t.Fatalf("fresh counters:\n%s\nwant:\n%s", b.String(), zero)
 	}
 
@@ -406,16 +412,7 @@ stun_addrfamily{family="ipv6"} 0
 	c.IPv6.Add(6)
 	b.Reset()
 	c.WritePrometheus(&b)
-	const set = `# TYPE stun_requests counter
-stun_requests{disposition="success"} 1
-stun_requests{disposition="not_stun"} 2
-stun_requests{disposition="read_error"} 3
-stun_requests{disposition="write_error"} 4
-# TYPE stun_addrfamily counter
-stun_addrfamily{family="ipv4"} 5
-stun_addrfamily{family="ipv6"} 6
-`
-	if b.String() != set {
+	if set := exposition(1, 2, 3, 4, 5, 6); b.String() != set {
 		t.Fatalf("counters 1..6:\n%s\nwant:\n%s", b.String(), set)
 	}
 }

@@ -64,20 +64,30 @@ type outboxEnv struct {
 	rd  *wire.Reader
 }
 
+// newOutboxEnv builds an outbox on one end of a loopback TCP connection;
+// the test reads what it writes from the other.
 func newOutboxEnv(t testing.TB, cfg OutboxConfig) *outboxEnv {
+	near, far := tcpPair(t)
+	e := newOutboxEnvOn(t, near, cfg)
+	e.far, e.rd = far, wire.NewReader(far, nil, 1<<20)
+	return e
+}
+
+// newOutboxEnvOn builds an outbox writing to conn, with a stand-in
+// registry on a step dispatcher.
+func newOutboxEnvOn(t testing.TB, conn net.Conn, cfg OutboxConfig) *outboxEnv {
 	d := actors.NewStepDispatcher()
 	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
 	rec := &recorder{}
 	sys.Registry = sys.Root.Spawn(sys.Props(func() actor.Actor { return rec }))
 	d.RunUntilIdle()
-	near, far := tcpPair(t)
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = time.Hour
 	}
-	ob := NewOutbox(sys, near, cfg)
+	ob := NewOutbox(sys, conn, cfg)
 	ob.owner = &actors.Conn{ID: 1, Key: testKey(0xaa)}
 	t.Cleanup(ob.Close)
-	return &outboxEnv{d: d, sys: sys, reg: rec, ob: ob, far: far, rd: wire.NewReader(far, nil, 1<<20)}
+	return &outboxEnv{d: d, sys: sys, reg: rec, ob: ob}
 }
 
 func testKey(b byte) wire.NodePublic {
@@ -341,14 +351,8 @@ func (g *gateConn) SetWriteDeadline(time.Time) error { return nil }
 // progress too: otherwise, with a receiver that has stopped reading, they
 // keep waiting for room instead of dropping for it.
 func TestOutboxMarksWritesBlockedMidBatch(t *testing.T) {
-	d := actors.NewStepDispatcher()
-	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
-	sys.Registry = sys.Root.Spawn(sys.Props(func() actor.Actor { return &recorder{} }))
-	d.RunUntilIdle()
 	conn := newGateConn()
-	ob := NewOutbox(sys, conn, OutboxConfig{KeepAlive: time.Hour})
-	ob.owner = &actors.Conn{ID: 1, Key: testKey(0xaa)}
-	defer ob.Close()
+	ob := newOutboxEnvOn(t, conn, OutboxConfig{}).ob
 	defer conn.Close()
 
 	// Queued before Start, so the writer finds both in one batch: the
@@ -415,14 +419,9 @@ func TestOutboxDirectWriteLeavesWaitingControlToTheWriter(t *testing.T) {
 // Packets in a batch whose flush fails were buffered, not delivered: they
 // count as write errors, by kind, and not as sent.
 func TestOutboxFailedFlushCountsBatchAsWriteErrors(t *testing.T) {
-	d := actors.NewStepDispatcher()
-	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
-	sys.Registry = sys.Root.Spawn(sys.Props(func() actor.Actor { return &recorder{} }))
-	d.RunUntilIdle()
 	conn := newGateConn()
-	ob := NewOutbox(sys, conn, OutboxConfig{KeepAlive: time.Hour})
-	ob.owner = &actors.Conn{ID: 1, Key: testKey(0xaa)}
-	defer ob.Close()
+	e := newOutboxEnvOn(t, conn, OutboxConfig{})
+	sys, ob := e.sys, e.ob
 
 	// Queued before Start, so the writer takes all three into one batch.
 	ob.SendPacket(packet(testKey(1), []byte("one")), nil)
