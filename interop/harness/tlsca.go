@@ -25,9 +25,18 @@ type CA struct {
 // NewCA makes a CA valid for an hour.
 func NewCA(tb testing.TB) *CA {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := MakeCA()
 	if err != nil {
 		tb.Fatal(err)
+	}
+	return ca
+}
+
+// MakeCA is NewCA for tools.
+func MakeCA() (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -40,21 +49,31 @@ func NewCA(tb testing.TB) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
-	cert, _ := x509.ParseCertificate(der)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
-	return &CA{Cert: cert, key: key, Pool: pool}
+	return &CA{Cert: cert, key: key, Pool: pool}, nil
 }
 
 // Issue writes <dir>/<host>.crt and .key, a leaf for host signed by the
 // CA, in the layout -certmode=manual reads. serial distinguishes reissues.
 func (ca *CA) Issue(tb testing.TB, dir, host string, serial int64) {
 	tb.Helper()
+	if err := ca.IssueFiles(dir, host, serial); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// IssueFiles is Issue for tools.
+func (ca *CA) IssueFiles(dir, host string, serial int64) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial),
@@ -71,13 +90,14 @@ func (ca *CA) Issue(tb testing.TB, dir, host string, serial int64) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
-	kd, _ := x509.MarshalECPrivateKey(key)
+	kd, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, host+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
-		tb.Fatal(err)
+		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, host+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		tb.Fatal(err)
-	}
+	return os.WriteFile(filepath.Join(dir, host+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }

@@ -48,10 +48,6 @@ type bench struct {
 	servers []harness.Kind
 	pprof   bool
 	turns   int // rounds measured so far, for alternating the order
-
-	// serverOpts is what withServers starts (Kind aside): plain HTTP
-	// unless a scenario asks for TLS.
-	serverOpts harness.Options
 }
 
 func main() {
@@ -149,10 +145,10 @@ func raiseFileLimit() {
 
 func (b *bench) want(s string) bool { return b.only == nil || b.only[s] }
 
-// withServers starts a fresh pair of servers, same flags, runs f, stops
-// them. A fresh start per scenario keeps one scenario's leftovers (memory,
-// goroutines) out of the next.
-func (b *bench) withServers(f func(map[harness.Kind]*harness.Server)) {
+// withServers starts a fresh pair of servers with the same options (Kind
+// aside), runs f, stops them. A fresh start per scenario keeps one
+// scenario's leftovers (memory, goroutines) out of the next.
+func (b *bench) withServers(opts harness.Options, f func(map[harness.Kind]*harness.Server)) {
 	dir, err := os.MkdirTemp("", "derpbench")
 	if err != nil {
 		log.Fatal(err)
@@ -165,7 +161,6 @@ func (b *bench) withServers(f func(map[harness.Kind]*harness.Server)) {
 		}
 	}()
 	for _, k := range b.servers {
-		opts := b.serverOpts
 		opts.Kind = k
 		s, err := harness.Launch(opts, filepath.Join(dir, string(k)))
 		if err != nil {
@@ -176,21 +171,26 @@ func (b *bench) withServers(f func(map[harness.Kind]*harness.Server)) {
 	f(srvs)
 }
 
-// measureFresh is measure with new servers for every round: resident
-// memory only means something in a process that has not served the
-// previous round (Go keeps freed memory mapped for reuse).
-func (b *bench) measureFresh(scenario string, params metrics, f func(*harness.Server) (metrics, error)) {
+// idleMemorySweep measures idle memory at each connection count, with
+// new servers for every round: resident memory only means something in a
+// process that has not served the previous round (Go keeps freed memory
+// mapped for reuse).
+func (b *bench) idleMemorySweep(scenario string, counts []int, opts harness.Options) {
 	rounds := b.rounds
 	b.rounds = 1
 	defer func() { b.rounds = rounds }()
-	for r := range rounds {
-		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
-			before := len(b.runs)
-			b.measure(scenario, params, srvs, f)
-			for i := before; i < len(b.runs); i++ {
-				b.runs[i].Round = r
-			}
-		})
+	for _, n := range counts {
+		for r := range rounds {
+			b.withServers(opts, func(srvs map[harness.Kind]*harness.Server) {
+				before := len(b.runs)
+				b.measure(scenario, metrics{"conns": float64(n)}, srvs, func(s *harness.Server) (metrics, error) {
+					return idleMemory(s, n)
+				})
+				for i := before; i < len(b.runs); i++ {
+					b.runs[i].Round = r
+				}
+			})
+		}
 	}
 }
 
@@ -248,7 +248,7 @@ func (b *bench) rates() []float64 {
 
 func (b *bench) all() {
 	if b.want("capacity") || b.want("latency") {
-		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+		b.withServers(harness.Options{}, func(srvs map[harness.Kind]*harness.Server) {
 			b.capacitySweep("capacity", 20, b.rates(), srvs)
 		})
 	}
@@ -257,7 +257,7 @@ func (b *bench) all() {
 		if b.quick {
 			pairs = []int{1, 20}
 		}
-		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+		b.withServers(harness.Options{}, func(srvs map[harness.Kind]*harness.Server) {
 			for _, n := range pairs {
 				b.measure("overload", metrics{"pairs": float64(n)}, srvs, func(s *harness.Server) (metrics, error) {
 					return measureLoad(s, loadSpec{pairs: n, size: b.size})
@@ -266,7 +266,7 @@ func (b *bench) all() {
 		})
 	}
 	if b.want("isolation") {
-		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+		b.withServers(harness.Options{}, func(srvs map[harness.Kind]*harness.Server) {
 			b.measure("isolation", metrics{"pairs": 20, "rate": 100e3}, srvs, func(s *harness.Server) (metrics, error) {
 				return measureLoad(s, loadSpec{pairs: 20, rate: 100e3, size: b.size, stalledPer: 10})
 			})
@@ -302,7 +302,7 @@ func (b *bench) all() {
 				return m, err
 			}
 		}
-		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+		b.withServers(harness.Options{}, func(srvs map[harness.Kind]*harness.Server) {
 			b.measure("latency", metrics{"pairs": 10, "loaded": 0}, srvs, func(s *harness.Server) (metrics, error) {
 				return latency(s, 10, d)
 			})
@@ -315,41 +315,34 @@ func (b *bench) all() {
 			}))
 		})
 	}
+	memoryCounts := []int{1000, 10000}
+	if b.quick {
+		memoryCounts = []int{1000}
+	}
 	if b.want("memory") {
-		counts := []int{1000, 10000}
-		if b.quick {
-			counts = []int{1000}
-		}
-		for _, n := range counts {
-			b.measureFresh("memory", metrics{"conns": float64(n)}, func(s *harness.Server) (metrics, error) {
-				return idleMemory(s, n)
-			})
-		}
+		b.idleMemorySweep("memory", memoryCounts, harness.Options{})
 	}
 	if b.want("memory-tls") {
 		// The same over TLS, how public relays run: TLS connections
 		// cannot use the raw-socket read that lets a plain TCP reader
 		// give its buffer back, so they take another path to the same
 		// end (wire.Reader.waitIdle); this checks it.
-		certDir, err := benchCertificate(benchHostname)
+		certDir, err := os.MkdirTemp("", "derpbench-certs")
 		if err != nil {
 			log.Fatal(err)
 		}
 		defer os.RemoveAll(certDir)
-		b.serverOpts = harness.Options{CertDir: certDir, Hostname: benchHostname}
-		counts := []int{1000, 10000}
-		if b.quick {
-			counts = []int{1000}
+		ca, err := harness.MakeCA()
+		if err == nil {
+			err = ca.IssueFiles(certDir, benchHostname, 2)
 		}
-		for _, n := range counts {
-			b.measureFresh("memory-tls", metrics{"conns": float64(n)}, func(s *harness.Server) (metrics, error) {
-				return idleMemory(s, n)
-			})
+		if err != nil {
+			log.Fatal(err)
 		}
-		b.serverOpts = harness.Options{}
+		b.idleMemorySweep("memory-tls", memoryCounts, harness.Options{CertDir: certDir, Hostname: benchHostname})
 	}
 	if b.want("handshakes") {
-		b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+		b.withServers(harness.Options{}, func(srvs map[harness.Kind]*harness.Server) {
 			b.measure("handshakes", metrics{"workers": 8}, srvs, func(s *harness.Server) (metrics, error) {
 				return handshakes(s, 8, 2*time.Second)
 			})
@@ -363,15 +356,11 @@ func (b *bench) all() {
 			pairs, rates, counts = []int{1, 100}, []float64{50e3, 200e3}, []int{1000, 5000}
 		}
 		for _, n := range pairs {
-			b.withServers(func(srvs map[harness.Kind]*harness.Server) {
+			b.withServers(harness.Options{}, func(srvs map[harness.Kind]*harness.Server) {
 				b.capacitySweep("scaling", n, rates, srvs)
 			})
 		}
-		for _, n := range counts {
-			b.measureFresh("scaling-memory", metrics{"conns": float64(n)}, func(s *harness.Server) (metrics, error) {
-				return idleMemory(s, n)
-			})
-		}
+		b.idleMemorySweep("scaling-memory", counts, harness.Options{})
 	}
 }
 
@@ -479,6 +468,10 @@ func (b *bench) save() {
 	enc.SetIndent("", " ")
 	enc.Encode(map[string]any{"when": time.Now().UTC(), "packet_size": b.size, "rounds": b.rounds, "runs": b.runs})
 }
+
+// benchHostname is the name both servers serve TLS for in the TLS
+// scenarios; clients send it as SNI and skip verification.
+const benchHostname = "derp.bench.test"
 
 // windowStarts is called by a scenario when its measured window begins,
 // with the window's length; with -pprof it starts a CPU profile of the

@@ -105,13 +105,9 @@ func (b *bench) linePlot(name, title, xlabel, ylabel string, data func(harness.K
 		if len(xy) == 0 {
 			continue
 		}
-		l, pts, err := plotter.NewLinePoints(xy)
-		if err != nil {
+		if err := addLine(p, xy, k, string(k), false); err != nil {
 			return err
 		}
-		l.Color, pts.Color = serverColors[k], serverColors[k]
-		p.Add(l, pts)
-		p.Legend.Add(string(k), l, pts)
 		for _, v := range xy {
 			maxX = max(maxX, v.X)
 		}
@@ -157,18 +153,27 @@ func (b *bench) scalingPlot() error {
 			if len(xy) == 0 {
 				continue
 			}
-			l, pts, err := plotter.NewLinePoints(xy)
-			if err != nil {
+			if err := addLine(p, xy, k, string(k)+", "+series.label, i == 1); err != nil {
 				return err
 			}
-			l.Color, pts.Color = serverColors[k], serverColors[k]
-			if i == 1 {
-				l.Dashes = plotutil.Dashes(2)
-			}
-			p.Add(l, pts)
-			p.Legend.Add(string(k)+", "+series.label, l, pts)
 		}
 	}
 	p.Legend.Top = true
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, filepath.Join(b.outDir, "scaling-capacity.png"))
+}
+
+// addLine draws xy as one server's line with points, in its colour,
+// dashed if asked, and names it in the legend.
+func addLine(p *plot.Plot, xy plotter.XYs, k harness.Kind, label string, dashed bool) error {
+	l, pts, err := plotter.NewLinePoints(xy)
+	if err != nil {
+		return err
+	}
+	l.Color, pts.Color = serverColors[k], serverColors[k]
+	if dashed {
+		l.Dashes = plotutil.Dashes(2)
+	}
+	p.Add(l, pts)
+	p.Legend.Add(label, l, pts)
+	return nil
 }
