@@ -1,18 +1,12 @@
 package interop
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -124,83 +118,31 @@ func TestMeshKeyFileFormat(t *testing.T) {
 	if _, ok := w.Next(t).(derp.PeerPresentMessage); !ok {
 		t.Fatal("whitespace-padded mesh key not accepted")
 	}
-	bin, err := harness.Binary(srv.Kind)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Both servers print the problem on one line naming the mesh key and
 	// its 64 digits; neither's usage text has such a line.
 	pskProblem := regexp.MustCompile(`(?im)mesh key.*\b64\b`)
 	for name, content := range map[string]string{"63": mk[:63], "65": mk + "0", "good": mk} {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		port, err := harness.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		cmd := exec.Command(bin, "-a", addr, "-c", filepath.Join(dir, "k"+name), "-stun=false", "-http-port=-1", "-mesh-psk-file", p)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
+		// Launch writes content to the PSK file it passes, with a newline.
+		s, err := harness.Launch(harness.Options{Kind: srv.Kind, MeshKey: content}, filepath.Join(dir, name))
 		if name == "good" {
-			err := waitProbe(addr, done)
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(harness.Wait):
-				cmd.Process.Kill()
-				<-done
-			}
 			if err != nil {
-				t.Errorf("good key file: %v\n%s", err, out.String())
+				t.Errorf("good key file: %v", err)
+			} else {
+				s.Stop()
 			}
 			continue
 		}
-		select {
-		case err := <-done:
-			if err == nil {
-				t.Errorf("%s hex digits: server exited 0", name)
-			}
-			if !pskProblem.MatchString(out.String()) {
-				t.Errorf("%s hex digits: output does not name the mesh key problem:\n%s", name, out.String())
-			}
-		case <-time.After(harness.Wait):
-			cmd.Process.Kill()
-			<-done
-			t.Errorf("%s hex digits: server kept running", name)
-		}
-	}
-}
-
-// waitProbe polls a server started by hand until it answers its probe;
-// done delivers the process's exit (and is left holding it).
-func waitProbe(addr string, done chan error) error {
-	deadline := time.Now().Add(harness.Wait)
-	for {
-		select {
-		case err := <-done:
-			done <- err
-			return fmt.Errorf("exited: %v", err)
-		default:
-		}
-		res, err := http.Head("http://" + addr + "/derp/probe")
 		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return nil
-			}
+			s.Stop()
+			t.Errorf("%s hex digits: server started", name)
+			continue
 		}
-		if time.Now().After(deadline) {
-			return errors.New("no answer on /derp/probe")
+		if !strings.Contains(err.Error(), "exited: exit status") {
+			t.Errorf("%s hex digits: server did not exit with a failure: %v", name, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		if !pskProblem.MatchString(err.Error()) {
+			t.Errorf("%s hex digits: output does not name the mesh key problem:\n%v", name, err)
+		}
 	}
 }
 

@@ -181,7 +181,7 @@ func TestWatcherPeerPresentLayout(t *testing.T) {
 			t.Errorf("%v announced %d times in the initial list, want once", c.Pub.ShortString(), count[c])
 		}
 	}
-	rawSync(t, w)
+	w.Sync()
 
 	// Arrivals after the initial list: flags combine.
 	prober := harness.DialRawHeaders(t, srv, false, "Ideal-Node: 900a")
@@ -190,7 +190,7 @@ func TestWatcherPeerPresentLayout(t *testing.T) {
 	if c, f := readPeerPresent(t, w, flags); f != flags[c] {
 		t.Errorf("not-ideal prober announced with flags 0x%02x, want 0x0c", f)
 	}
-	rawSync(t, w)
+	w.Sync()
 }
 
 // readPeerPresent reads one frame from the raw watcher w, which must be a
@@ -223,16 +223,6 @@ func readPeerPresent(t *testing.T, w *harness.RawConn, conns map[*harness.RawCon
 		t.Errorf("port %d (bytes %x), want the client's port %d", port, body[48:50], want)
 	}
 	return c, body[50]
-}
-
-// rawSync is Client.Sync for a raw connection: the pong must be the next
-// frame, so nothing was queued ahead of it.
-func rawSync(t *testing.T, rc *harness.RawConn) {
-	t.Helper()
-	rc.Frame(wire.FramePing, []byte("raw-sync"))
-	if typ, body := rc.ReadFrame(); typ != wire.FramePong || string(body) != "raw-sync" {
-		t.Fatalf("got %v %x before the pong", typ, body)
-	}
 }
 
 // §9.24 and ForwardPacket privilege: a mesh peer's ForwardPacket reaches

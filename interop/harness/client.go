@@ -160,19 +160,27 @@ func (c *Client) Next(tb testing.TB) derp.ReceivedMessage {
 // NextErr is Next for tools: it returns the connection's error instead
 // of failing.
 func (c *Client) NextErr() (derp.ReceivedMessage, error) {
-	deadline := time.After(Wait)
+	return c.await(Wait, func(m derp.ReceivedMessage) bool {
+		_, keepAlive := m.(derp.KeepAliveMessage)
+		return !keepAlive
+	})
+}
+
+// await returns the first message within d that want accepts, skipping
+// the others, or the connection's error, or an error once d has passed.
+func (c *Client) await(d time.Duration, want func(derp.ReceivedMessage) bool) (derp.ReceivedMessage, error) {
+	deadline := time.After(d)
 	for {
 		select {
 		case m := <-c.msgs:
-			if _, ok := m.(derp.KeepAliveMessage); ok {
-				continue
+			if want(m) {
+				return m, nil
 			}
-			return m, nil
 		case err := <-c.errs:
 			c.errs <- err // stay failed
 			return nil, err
 		case <-deadline:
-			return nil, errors.New("nothing received")
+			return nil, fmt.Errorf("nothing received within %v", d)
 		}
 	}
 }
@@ -247,19 +255,12 @@ func (c *Client) SyncPackets(tb testing.TB, from *Client) {
 // skipped.
 func (c *Client) ExpectKeepAlive(tb testing.TB, d time.Duration) {
 	tb.Helper()
-	deadline := time.After(d)
-	for {
-		select {
-		case m := <-c.msgs:
-			if _, ok := m.(derp.KeepAliveMessage); ok {
-				return
-			}
-		case err := <-c.errs:
-			c.errs <- err
-			tb.Fatalf("client %v: %v before a keepalive", c.Pub.ShortString(), err)
-		case <-deadline:
-			tb.Fatalf("client %v: no keepalive within %v", c.Pub.ShortString(), d)
-		}
+	_, err := c.await(d, func(m derp.ReceivedMessage) bool {
+		_, keepAlive := m.(derp.KeepAliveMessage)
+		return keepAlive
+	})
+	if err != nil {
+		tb.Fatalf("client %v: no keepalive: %v", c.Pub.ShortString(), err)
 	}
 }
 

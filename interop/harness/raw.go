@@ -117,6 +117,16 @@ func (rc *RawConn) Frame(t wire.FrameType, body []byte) {
 	rc.Write(append(wire.AppendHeader(nil, t, uint32(len(body))), body...))
 }
 
+// Sync proves that nothing is queued for this connection: it pings and
+// requires the pong to be the next frame.
+func (rc *RawConn) Sync() {
+	rc.tb.Helper()
+	rc.Frame(wire.FramePing, []byte("raw-sync"))
+	if typ, body := rc.ReadFrame(); typ != wire.FramePong || string(body) != "raw-sync" {
+		rc.tb.Fatalf("got %v %x before the pong", typ, body)
+	}
+}
+
 // ReadFrame reads one frame, failing the test on error.
 func (rc *RawConn) ReadFrame() (wire.FrameType, []byte) {
 	rc.tb.Helper()
