@@ -22,6 +22,10 @@ type Conn struct {
 	CanMesh bool // presented the mesh key
 	Since   time.Time
 
+	// ForwardedIn counts the ForwardPacket frames this connection (a mesh
+	// peer's link to us) delivered; its reader adds to it in batches.
+	ForwardedIn atomic.Int64
+
 	// NoteActivity is set by the registry while this connection is one of
 	// several for its key and is not the one receiving packets. The reader
 	// checks it on every frame (one atomic load) and, when set, tells the
@@ -90,6 +94,49 @@ type Registered struct{}
 // CloseConn asks a client actor to close its connection.
 type CloseConn struct{ Reason string }
 
+// Mesh messages. A mesh link is this server's connection to one peer
+// server of the region: it watches the peer's clients and forwards packets
+// for them. Every connection a link makes is a session with an id of its
+// own, so a late message about a session that has ended cannot touch the
+// one after it.
+
+// MeshLinkUp tells the registry that a link session is connected: packets
+// for the keys it announces go through Forward.
+type MeshLinkUp struct {
+	Link    uint64          // session id, unique in the process
+	Peer    string          // the link's name (its -mesh-with or -mesh-dns entry)
+	PeerKey wire.NodePublic // the peer server's key
+	Forward Forwarder
+}
+
+// MeshUpdate carries what a link session's peer announced, in the order
+// it sent it. The link sends the next only once the registry has answered
+// this one (MeshUpdateApplied), so a peer announcing keys faster than the
+// registry takes them cannot fill the registry's mailbox.
+type MeshUpdate struct {
+	Link    uint64
+	Updates []MeshPeerUpdate
+}
+
+// MeshPeerUpdate is one PeerPresent or PeerGone from a peer.
+type MeshPeerUpdate struct {
+	Key     wire.NodePublic
+	Present bool // false: the key's last connection on the peer left
+}
+
+// MeshUpdateApplied is the registry's answer to a MeshUpdate.
+type MeshUpdateApplied struct {
+	Link    uint64
+	Keys    int  // keys the session announces now
+	Refused int  // announcements of new keys refused: the session is at its limit
+	Unknown bool // the registry has no such session (it ended meanwhile)
+}
+
+// MeshLinkDown says a session ended: every key it announced is withdrawn
+// at once, and receivers of keys that leave the region with it hear
+// PeerGone.
+type MeshLinkDown struct{ Link uint64 }
+
 // Queries answered by actors for the debug views and tests. The actor
 // replies to the sender of a RequestFuture.
 
@@ -103,6 +150,27 @@ type RegistryState struct {
 	Watchers int
 	DupKeys  int
 	Routes   int
+
+	RemoteKeys   int // keys known only through mesh links
+	MeshSessions int // mesh link sessions that are up
+	MultiLinked  int // keys announced by more than one session
+}
+
+// GetMeshConns asks the registry for the connections that presented the
+// mesh key: the peers' links to this server.
+type GetMeshConns struct{}
+
+// MeshConns is the answer to GetMeshConns, in connection order.
+type MeshConns struct{ Conns []MeshConnInfo }
+
+// MeshConnInfo describes one connection that presented the mesh key.
+type MeshConnInfo struct {
+	ID          uint64
+	Key         wire.NodePublic
+	Addr        netip.AddrPort
+	Since       time.Time
+	Watching    bool  // it sent WatchConns
+	ForwardedIn int64 // ForwardPacket frames it delivered
 }
 
 // CloseAll asks the registry to close every registered connection, for a

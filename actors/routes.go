@@ -98,10 +98,12 @@ func (w *Waiter) Send(q chan<- *wire.Packet, p *wire.Packet, d time.Duration) bo
 	}
 }
 
-// Forwarder carries packets for a key that lives on a mesh peer. Like
-// PacketSink it owns the packet from the call on.
+// Forwarder carries packets for a key that lives on a mesh peer: a mesh
+// link's outbox. Like PacketSink it owns the packet from the call on, the
+// packet's source is the one stamped on it, and it never makes the caller
+// wait on a link that has stopped taking data.
 type Forwarder interface {
-	ForwardPacket(src, dst wire.NodePublic, p *wire.Packet)
+	ForwardPacket(dst wire.NodePublic, p *wire.Packet, w *Waiter)
 }
 
 // Route is where packets for one key go. Routes are immutable: the registry
@@ -114,7 +116,8 @@ type Route struct {
 	// always wins over forwarding.
 	Local PacketSink
 
-	// Forward is the mesh link used when the key is not local.
+	// Forward is the mesh link used when the key is not local: of the
+	// links that announce the key, the one that announced it first.
 	Forward Forwarder
 }
 

@@ -74,7 +74,7 @@ type Stats struct {
 	HomeConns         atomic.Int64
 	NotIdealConns     atomic.Int64
 	ClientsLocal      atomic.Int64 // keys with a local connection; set by the registry
-	ClientsRemote     atomic.Int64 // keys known only through mesh peers; stays 0 until derpd meshes (-mesh-with)
+	ClientsRemote     atomic.Int64 // keys known only through mesh peers; set by the registry
 	DupClientKeys     atomic.Int64
 	DupClientConns    atomic.Int64
 	DupClientTotal    atomic.Int64
@@ -92,6 +92,15 @@ type Stats struct {
 	HandshakeErrors   atomic.Int64
 	Rejected          atomic.Int64 // refused by admission control
 
+	// The forwarder table, with upstream's meanings: a key announced by a
+	// second mesh session (created) and back to one (deleted); a
+	// withdrawal of a key the session never announced (delete_other).
+	MultiForwarderCreated atomic.Int64
+	MultiForwarderDeleted atomic.Int64
+	ForwarderDeleteOther  atomic.Int64
+	MeshKeysRefused       atomic.Int64 // announcements beyond a session's key limit
+	MeshKeyMismatch       atomic.Int64 // clients that presented a mesh key other than ours
+
 	QueueWaits          atomic.Int64 // a reader waited for room in a full queue
 	QueueWaitTimeouts   atomic.Int64 // …and gave up, dropping the oldest instead
 	PacketsReceived     atomic.Int64
@@ -107,9 +116,12 @@ type Stats struct {
 	avgQueueMillis atomic.Uint64
 
 	// Frames per flush, bucketed as upstream's histogram.
-	batchBuckets [len(batchBucketBounds) + 1]atomic.Int64
-	batchSum     atomic.Int64
-	batchCount   atomic.Int64
+	batchFrames histogram
+
+	// Watcher updates written per batch, and batches per writer wake-up:
+	// upstream's mesh_update_batch_size and mesh_update_loop_count.
+	meshUpdateBatch histogram
+	meshUpdateLoops histogram
 }
 
 // Drop counts one dropped packet of n payload bytes.
@@ -124,9 +136,14 @@ func (s *Stats) Dropped(reason DropReason, kind PacketKind) int64 {
 }
 
 // ReceiveCounts is a reader's local tally, folded into Stats in batches.
+// Packets, Bytes and Disco count SendPacket payloads only, as upstream's
+// received counters do; forwarded packets have counters of their own.
 type ReceiveCounts struct {
 	Packets, Bytes int64
 	Disco          int64
+
+	ForwardedIn  int64 // ForwardPacket frames read (from a mesh peer)
+	ForwardedOut int64 // packets handed to a mesh link
 }
 
 // AddWaits folds a reader's wait counts in and resets them.
@@ -141,13 +158,21 @@ func (s *Stats) AddWaits(w *Waiter) {
 
 // AddReceived folds a reader's tally in and resets it.
 func (s *Stats) AddReceived(c *ReceiveCounts) {
-	if c.Packets == 0 {
+	if *c == (ReceiveCounts{}) {
 		return
 	}
-	s.PacketsReceived.Add(c.Packets)
-	s.BytesReceived.Add(c.Bytes)
-	s.PacketsReceivedKind[KindDisco].Add(c.Disco)
-	s.PacketsReceivedKind[KindOther].Add(c.Packets - c.Disco)
+	if c.Packets != 0 {
+		s.PacketsReceived.Add(c.Packets)
+		s.BytesReceived.Add(c.Bytes)
+		s.PacketsReceivedKind[KindDisco].Add(c.Disco)
+		s.PacketsReceivedKind[KindOther].Add(c.Packets - c.Disco)
+	}
+	if c.ForwardedIn != 0 {
+		s.ForwardedIn.Add(c.ForwardedIn)
+	}
+	if c.ForwardedOut != 0 {
+		s.ForwardedOut.Add(c.ForwardedOut)
+	}
 	*c = ReceiveCounts{}
 }
 
@@ -196,17 +221,62 @@ func (s *Stats) NoteQueueDelay(ms float64) {
 	}
 }
 
-var batchBucketBounds = [...]int64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 50, 100}
+// Histogram bucket bounds, upstream's.
+var (
+	batchBucketBounds     = []int64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 50, 100}
+	meshUpdateBatchBounds = []int64{0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000}
+	meshUpdateLoopsBounds = []int64{0, 1, 2, 5, 10, 20, 50, 100}
+)
 
-// NoteBatch records how many frames one flush wrote.
-func (s *Stats) NoteBatch(frames int) {
+// histogram counts observations into buckets whose bounds the caller
+// passes (so that a zero Stats is ready to use).
+type histogram struct {
+	buckets    [maxHistogramBuckets + 1]atomic.Int64 // the last one is +Inf
+	sum, count atomic.Int64
+}
+
+const maxHistogramBuckets = 16
+
+func (h *histogram) observe(bounds []int64, v int64) {
 	i := 0
-	for i < len(batchBucketBounds) && int64(frames) > batchBucketBounds[i] {
+	for i < len(bounds) && v > bounds[i] {
 		i++
 	}
-	s.batchBuckets[i].Add(1)
-	s.batchSum.Add(int64(frames))
-	s.batchCount.Add(1)
+	if i == len(bounds) {
+		i = maxHistogramBuckets
+	}
+	h.buckets[i].Add(1)
+	h.sum.Add(v)
+	h.count.Add(1)
+}
+
+// write exports the histogram with cumulative buckets, as Prometheus
+// wants and upstream writes.
+func (h *histogram) write(p PromWriter, name string, bounds []int64) {
+	p.Header(name, "histogram")
+	var cum int64
+	for i, b := range bounds {
+		cum += h.buckets[i].Load()
+		p.Sample(name+"_bucket", fmt.Sprintf(`le="%d"`, b), float64(cum))
+	}
+	cum += h.buckets[maxHistogramBuckets].Load()
+	p.Sample(name+"_bucket", `le="+Inf"`, float64(cum))
+	p.Sample(name+"_sum", "", float64(h.sum.Load()))
+	p.Sample(name+"_count", "", float64(h.count.Load()))
+}
+
+// NoteBatch records how many frames one flush wrote.
+func (s *Stats) NoteBatch(frames int) { s.batchFrames.observe(batchBucketBounds, int64(frames)) }
+
+// NoteMeshUpdateBatch records how many watcher updates one batch wrote.
+func (s *Stats) NoteMeshUpdateBatch(n int) {
+	s.meshUpdateBatch.observe(meshUpdateBatchBounds, int64(n))
+}
+
+// NoteMeshUpdateLoops records how many batches of watcher updates a
+// writer wrote before it found no more.
+func (s *Stats) NoteMeshUpdateLoops(n int) {
+	s.meshUpdateLoops.observe(meshUpdateLoopsBounds, int64(n))
 }
 
 // WritePrometheus writes the counters in the Prometheus text format with
@@ -236,6 +306,11 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Counter("derp_sclient_write_timeouts", s.WriteTimeouts.Load())
 	p.Counter("derp_packets_forwarded_in", s.ForwardedIn.Load())
 	p.Counter("derp_packets_forwarded_out", s.ForwardedOut.Load())
+	p.Counter("derp_multiforwarder_created", s.MultiForwarderCreated.Load())
+	p.Counter("derp_multiforwarder_deleted", s.MultiForwarderDeleted.Load())
+	p.Counter("derp_packet_forwarder_delete_other_value", s.ForwarderDeleteOther.Load())
+	p.Counter("derpd_mesh_keys_refused", s.MeshKeysRefused.Load())
+	p.Counter("derpd_mesh_key_mismatch", s.MeshKeyMismatch.Load())
 	p.Counter("derpd_handshake_errors", s.HandshakeErrors.Load())
 	p.Counter("derpd_admission_rejected", s.Rejected.Load())
 	p.Counter("derpd_queue_waits", s.QueueWaits.Load())
@@ -261,16 +336,9 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	}
 	p.Header("derp_average_queue_duration_ms", "untyped")
 	p.Sample("derp_average_queue_duration_ms", "", math.Float64frombits(s.avgQueueMillis.Load()))
-	p.Header("derp_buffered_write_frames", "histogram")
-	var cum int64
-	for i, b := range batchBucketBounds {
-		cum += s.batchBuckets[i].Load()
-		p.Sample("derp_buffered_write_frames_bucket", fmt.Sprintf(`le="%d"`, b), float64(cum))
-	}
-	cum += s.batchBuckets[len(batchBucketBounds)].Load()
-	p.Sample("derp_buffered_write_frames_bucket", `le="+Inf"`, float64(cum))
-	p.Sample("derp_buffered_write_frames_sum", "", float64(s.batchSum.Load()))
-	p.Sample("derp_buffered_write_frames_count", "", float64(s.batchCount.Load()))
+	s.batchFrames.write(p, "derp_buffered_write_frames", batchBucketBounds)
+	s.meshUpdateBatch.write(p, "derp_mesh_update_batch_size", meshUpdateBatchBounds)
+	s.meshUpdateLoops.write(p, "derp_mesh_update_loop_count", meshUpdateLoopsBounds)
 }
 
 // PromWriter writes Prometheus text exposition lines.

@@ -18,6 +18,10 @@ type System struct {
 	Stats  *Stats
 	Routes *RouteTable
 
+	// Clock is where actors read the time and set timers: RealClock
+	// unless WithClock says otherwise.
+	Clock Clock
+
 	// Registry is the registry actor, set once by whoever spawns it
 	// before the first connection is accepted.
 	Registry *actor.PID
@@ -34,6 +38,10 @@ type Option func(*System)
 // goroutine-per-activation dispatcher; tests pass a StepDispatcher.
 func WithDispatcher(d actor.Dispatcher) Option { return func(s *System) { s.dispatcher = d } }
 
+// WithClock gives every actor clock instead of the wall clock; tests pass
+// a FakeClock.
+func WithClock(clock Clock) Option { return func(s *System) { s.Clock = clock } }
+
 // WithReceiverMiddleware adds middleware to every derpd actor, such as a
 // recorder of delivered messages.
 func WithReceiverMiddleware(m ...actor.ReceiverMiddleware) Option {
@@ -49,6 +57,7 @@ func NewSystem(log zerolog.Logger, opts ...Option) *System {
 		Log:    log,
 		Stats:  new(Stats),
 		Routes: NewRouteTable(),
+		Clock:  RealClock,
 	}
 	for _, o := range opts {
 		o(s)

@@ -86,12 +86,13 @@ type Outbox struct {
 }
 
 type ctrlFrame struct {
-	typ    wire.FrameType
-	key    wire.NodePublic
-	reason wire.PeerGoneReason
-	addr   netip.AddrPort
-	flags  wire.PeerPresentFlags
-	body   []byte
+	typ      wire.FrameType
+	presence bool // a watcher update (PeerPresent, or PeerGone for a departure)
+	key      wire.NodePublic
+	reason   wire.PeerGoneReason
+	addr     netip.AddrPort
+	flags    wire.PeerPresentFlags
+	body     []byte
 }
 
 // OutboxConfig sizes an outbox.
@@ -221,9 +222,9 @@ func (o *Outbox) QueuePresence(updates []actors.PeerPresence) {
 	o.ctrlMu.Lock()
 	for _, u := range updates {
 		if u.Present {
-			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerPresent, key: u.Peer, addr: u.Addr, flags: u.Flags})
+			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerPresent, presence: true, key: u.Peer, addr: u.Addr, flags: u.Flags})
 		} else {
-			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerGone, key: u.Peer, reason: wire.PeerGoneDisconnected})
+			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerGone, presence: true, key: u.Peer, reason: wire.PeerGoneDisconnected})
 		}
 	}
 	o.ctrlMu.Unlock()
@@ -364,12 +365,20 @@ func (o *Outbox) Finished() <-chan struct{} { return o.finished }
 // write, so an idle connection has none, and only one runs at a time (see
 // running).
 func (o *Outbox) run() {
+	// Batches of watcher updates written since this writer started, for
+	// upstream's mesh_update_loop_count.
+	updateBatches := 0
+	defer func() {
+		if updateBatches > 0 {
+			o.sys.Stats.NoteMeshUpdateLoops(updateBatches)
+		}
+	}()
 	for {
 		// Control frames first: that is how ServerInfo precedes every
 		// packet, even one routed here the instant the connection was
 		// registered (select picks among ready channels at random).
 		o.armDeadline()
-		o.writeCtrl()
+		updateBatches += o.writeCtrl()
 		// Take whatever else is ready, flushing every batchFlushBytes,
 		// and flush once nothing is: several frames per system call
 		// under load, no added delay when idle.
@@ -385,7 +394,7 @@ func (o *Outbox) run() {
 			case p := <-o.data:
 				o.writePacket(p)
 			case <-o.wake:
-				o.writeCtrl()
+				updateBatches += o.writeCtrl()
 			default:
 				break batch
 			}
@@ -568,7 +577,9 @@ func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 	o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner, Source: src, Forwarded: forwarded})
 }
 
-func (o *Outbox) writeCtrl() {
+// writeCtrl writes every waiting control frame and reports whether they
+// included watcher updates (1) or not (0).
+func (o *Outbox) writeCtrl() int {
 	o.ctrlMu.Lock()
 	frames := o.ctrl
 	o.ctrl = o.spare[:0]
@@ -577,8 +588,12 @@ func (o *Outbox) writeCtrl() {
 	o.ctrlMu.Unlock()
 
 	stats := o.sys.Stats
+	updates := 0
 	for i := range frames {
 		f := &frames[i]
+		if f.presence {
+			updates++
+		}
 		switch f.typ {
 		case wire.FrameServerInfo:
 			o.w.WriteFrame(wire.FrameServerInfo, f.body, nil)
@@ -610,6 +625,11 @@ func (o *Outbox) writeCtrl() {
 		o.w.WritePong(pong)
 		stats.SentPong.Add(1)
 	}
+	if updates == 0 {
+		return 0
+	}
+	stats.NoteMeshUpdateBatch(updates)
+	return 1
 }
 
 // fail handles a write error: the connection is unusable, so close it; the

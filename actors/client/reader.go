@@ -48,16 +48,14 @@ func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader) 
 // run reads frames until the connection fails or the client breaks the
 // protocol, and returns why.
 func (r *reader) run() error {
-	defer r.sys.Stats.AddReceived(&r.recv)
-	defer r.sys.Stats.AddWaits(&r.waiter)
+	defer r.fold()
 	defer r.waiter.WakeDeferred()
 	for {
 		idle := r.rd.Buffered() == 0
 		if idle {
 			// About to read from the socket, and perhaps wait: publish
 			// counts so they are never stale for an idle connection.
-			r.sys.Stats.AddReceived(&r.recv)
-			r.sys.Stats.AddWaits(&r.waiter)
+			r.fold()
 		}
 		t, n, err := r.rd.ReadHeader()
 		if err != nil {
@@ -82,6 +80,15 @@ func (r *reader) run() error {
 			r.waiter.WakeDeferred()
 		}
 	}
+}
+
+// fold publishes the reader's local counts.
+func (r *reader) fold() {
+	if n := r.recv.ForwardedIn; n > 0 {
+		r.conn.ForwardedIn.Add(n)
+	}
+	r.sys.Stats.AddReceived(&r.recv)
+	r.sys.Stats.AddWaits(&r.waiter)
 }
 
 // noteActivity makes this connection, one of several for its key, the one
@@ -202,7 +209,7 @@ func (r *reader) forwardPacket(n uint32) error {
 	}
 	p.SetSource(src)
 	p.Forwarded = true
-	r.sys.Stats.ForwardedIn.Add(1)
+	r.recv.ForwardedIn++
 	r.route(dst, p, p.IsDisco(), true)
 	return nil
 }
@@ -220,8 +227,12 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 			return
 		}
 		if rt.Forward != nil && !forwarded {
-			r.sys.Stats.ForwardedOut.Add(1)
-			rt.Forward.ForwardPacket(p.Source(), dst, p)
+			// The mesh link's own bounded queue: a link that cannot keep
+			// up drops, it never holds this reader (upstream writes to
+			// the link from here, so one slow peer stalls every sender).
+			r.recv.ForwardedOut++
+			p.QueuedAt = r.now
+			rt.Forward.ForwardPacket(dst, p, &r.waiter)
 			return
 		}
 	}

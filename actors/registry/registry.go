@@ -1,11 +1,13 @@
 // Package registry is the registry actor: the single owner of which node
 // keys are connected here, which of a key's connections receives its
-// packets, who watches connection changes, and who must hear PeerGone when
-// a key leaves. It is the only writer of the RouteTable that connection
-// readers consult.
+// packets, which mesh links announce keys connected elsewhere in the
+// region, who watches connection changes, and who must hear PeerGone when
+// a key leaves the region. It is the only writer of the RouteTable that
+// connection readers consult.
 package registry
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -33,6 +35,53 @@ type Registry struct {
 	// seq orders registrations and activity, to pick the most recently
 	// active duplicate when the active one leaves.
 	seq uint64
+
+	// The forwarder table. sessions are the mesh link sessions that are
+	// up; forwarders lists, per key, the sessions announcing it in the
+	// order they announced it: the first is the one packets go to (the
+	// spec's preference rule), and when it withdraws, the earliest
+	// remaining takes over.
+	sessions   map[uint64]*session
+	forwarders map[wire.NodePublic][]*session
+	remoteOnly int // keys with forwarders and no local connection
+
+	maxSessionKeys int
+}
+
+// session is one connected mesh link session: a peer server whose
+// clients this server can reach through it.
+type session struct {
+	id      uint64
+	peer    string
+	peerKey wire.NodePublic
+	fwd     actors.Forwarder
+
+	// keys it announces, each with its announcement number, so that
+	// withdrawing them all when the session ends goes in a defined order.
+	keys       map[wire.NodePublic]uint64
+	seq        uint64
+	refused    int64 // announcements refused at the key limit
+	warnedFull bool
+}
+
+// DefaultMaxSessionKeys bounds how many keys one mesh link session may
+// announce. Each remote key costs the registry and the route table about
+// 300 bytes, so the bound caps what one peer, faulty or hostile, can make
+// this server hold (about 150 MB per peer) while leaving room for the
+// largest regions: a busy DERP node holds tens of thousands of clients.
+const DefaultMaxSessionKeys = 500_000
+
+// Option adjusts a registry.
+type Option func(*Registry)
+
+// WithMaxSessionKeys sets the per-session key limit; n ≤ 0 keeps the
+// default.
+func WithMaxSessionKeys(n int) Option {
+	return func(r *Registry) {
+		if n > 0 {
+			r.maxSessionKeys = n
+		}
+	}
 }
 
 type keyState struct {
@@ -48,16 +97,23 @@ type connState struct {
 
 // New returns a registry for a server whose own key is serverKey (a mesh
 // link that reaches itself must not become its own watcher).
-func New(sys *actors.System, serverKey wire.NodePublic) *Registry {
-	return &Registry{
-		sys:        sys,
-		log:        sys.Log.With().Str("actor", "registry").Logger(),
-		serverKey:  serverKey,
-		keys:       make(map[wire.NodePublic]*keyState),
-		conns:      make(map[*actors.Conn]*connState),
-		watchers:   make(map[*actors.Conn]struct{}),
-		recipients: make(map[wire.NodePublic]map[*actors.Conn]struct{}),
+func New(sys *actors.System, serverKey wire.NodePublic, opts ...Option) *Registry {
+	r := &Registry{
+		sys:            sys,
+		log:            sys.Log.With().Str("actor", "registry").Logger(),
+		serverKey:      serverKey,
+		keys:           make(map[wire.NodePublic]*keyState),
+		conns:          make(map[*actors.Conn]*connState),
+		watchers:       make(map[*actors.Conn]struct{}),
+		recipients:     make(map[wire.NodePublic]map[*actors.Conn]struct{}),
+		sessions:       make(map[uint64]*session),
+		forwarders:     make(map[wire.NodePublic][]*session),
+		maxSessionKeys: DefaultMaxSessionKeys,
 	}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
 }
 
 // Props returns the props that spawn r.
@@ -66,8 +122,8 @@ func (r *Registry) Props() *actor.Props {
 }
 
 // Spawn starts a registry and records its PID in the system.
-func Spawn(sys *actors.System, serverKey wire.NodePublic) *actor.PID {
-	pid, err := sys.Root.SpawnNamed(New(sys, serverKey).Props(), "registry")
+func Spawn(sys *actors.System, serverKey wire.NodePublic, opts ...Option) *actor.PID {
+	pid, err := sys.Root.SpawnNamed(New(sys, serverKey, opts...).Props(), "registry")
 	if err != nil {
 		panic("registry: spawn: " + err.Error())
 	}
@@ -93,12 +149,20 @@ func (r *Registry) Receive(ctx actor.Context) {
 		r.closePeer(ctx, m)
 	case *actors.Delivered:
 		r.delivered(ctx, m)
+	case *actors.MeshLinkUp:
+		r.linkUp(m)
+	case *actors.MeshUpdate:
+		ctx.Respond(r.meshUpdate(ctx, m))
+	case *actors.MeshLinkDown:
+		r.linkDown(ctx, m.Link)
 	case *actors.CloseAll:
 		for c := range r.conns {
 			ctx.Send(c.PID, &actors.CloseConn{Reason: m.Reason})
 		}
 	case *actors.GetRegistryState:
 		ctx.Respond(r.state())
+	case *actors.GetMeshConns:
+		ctx.Respond(r.meshConns())
 	case *actors.CheckConsistency:
 		ctx.Respond(&actors.ConsistencyReport{Problems: r.check()})
 	}
@@ -116,6 +180,10 @@ func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
 	if ks == nil {
 		ks = &keyState{}
 		r.keys[c.Key] = ks
+		if len(r.forwarders[c.Key]) > 0 {
+			// Known through the mesh until now; local from here on.
+			r.setRemoteOnly(r.remoteOnly - 1)
+		}
 	}
 	ks.conns = append(ks.conns, cs)
 	stats := r.sys.Stats
@@ -165,9 +233,13 @@ func (r *Registry) unregister(ctx actor.Context, c *actors.Conn) {
 	case 0:
 		delete(r.keys, c.Key)
 		stats.ClientsLocal.Store(int64(len(r.keys)))
-		r.publishRoute(c.Key, nil)
+		r.publishRoute(c.Key)
 		r.broadcast(ctx, actors.PeerPresence{Peer: c.Key, Present: false})
-		if !r.forwarded(c.Key) {
+		if len(r.forwarders[c.Key]) > 0 {
+			// Still connected elsewhere in the region: its packets go
+			// there now, and nobody hears PeerGone.
+			r.setRemoteOnly(r.remoteOnly + 1)
+		} else {
 			r.goneFromRegion(ctx, c.Key)
 		}
 	case 1:
@@ -213,16 +285,20 @@ func (r *Registry) setActive(ks *keyState, cs *connState) {
 	for _, x := range ks.conns {
 		x.conn.NoteActivity.Store(dup && x != cs)
 	}
-	r.publishRoute(cs.conn.Key, cs.conn.Sink)
+	r.publishRoute(cs.conn.Key)
 }
 
-// publishRoute writes the key's route with local sink (nil when the key
-// has no local connection), keeping any mesh forwarder.
-func (r *Registry) publishRoute(k wire.NodePublic, local actors.PacketSink) {
-	prev := r.sys.Routes.Lookup(k)
+// publishRoute writes the key's route as the registry's state has it: the
+// active local connection, if any, and the preferred mesh forwarder, if
+// any; no route when there is neither.
+func (r *Registry) publishRoute(k wire.NodePublic) {
+	var local actors.PacketSink
+	if ks := r.keys[k]; ks != nil && ks.active != nil {
+		local = ks.active.conn.Sink
+	}
 	var fwd actors.Forwarder
-	if prev != nil {
-		fwd = prev.Forward
+	if list := r.forwarders[k]; len(list) > 0 {
+		fwd = list[0].fwd
 	}
 	if local == nil && fwd == nil {
 		r.sys.Routes.Delete(k)
@@ -231,15 +307,10 @@ func (r *Registry) publishRoute(k wire.NodePublic, local actors.PacketSink) {
 	r.sys.Routes.Set(&actors.Route{Key: k, Local: local, Forward: fwd})
 }
 
-// forwarded reports whether a mesh peer announces the key.
-func (r *Registry) forwarded(k wire.NodePublic) bool {
-	route := r.sys.Routes.Lookup(k)
-	return route != nil && route.Forward != nil
-}
-
-// goneFromRegion tells every connection that heard from k that k is gone.
+// goneFromRegion tells every connection that heard from k that k is gone,
+// in connection order.
 func (r *Registry) goneFromRegion(ctx actor.Context, k wire.NodePublic) {
-	for c := range r.recipients[k] {
+	for _, c := range sortedConns(r.recipients[k]) {
 		ctx.Send(c.PID, &actors.SendPeerGone{Peer: k, Reason: wire.PeerGoneDisconnected})
 		if cs := r.conns[c]; cs != nil {
 			delete(cs.heardFrom, k)
@@ -248,12 +319,23 @@ func (r *Registry) goneFromRegion(ctx actor.Context, k wire.NodePublic) {
 	delete(r.recipients, k)
 }
 
+// sortedConns returns a set's connections by connection id, so that a
+// fan-out goes in the same order on every run.
+func sortedConns(set map[*actors.Conn]struct{}) []*actors.Conn {
+	out := make([]*actors.Conn, 0, len(set))
+	for c := range set {
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b *actors.Conn) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
 func (r *Registry) delivered(ctx actor.Context, m *actors.Delivered) {
 	cs, ok := r.conns[m.Receiver]
 	if !ok {
 		return
 	}
-	if _, here := r.keys[m.Source]; !here && !m.Forwarded && !r.forwarded(m.Source) {
+	if _, here := r.keys[m.Source]; !here && !m.Forwarded && len(r.forwarders[m.Source]) == 0 {
 		// The source left while its packet was queued: the receiver has
 		// already missed the PeerGone it would have had. (A packet a mesh
 		// peer forwarded comes from a key connected elsewhere; it is only
@@ -304,7 +386,7 @@ func (r *Registry) broadcast(ctx actor.Context, u actors.PeerPresence) {
 		return
 	}
 	msg := &actors.SendPeerPresence{Updates: []actors.PeerPresence{u}}
-	for w := range r.watchers {
+	for _, w := range sortedConns(r.watchers) {
 		ctx.Send(w.PID, msg)
 	}
 }
@@ -335,7 +417,30 @@ func (r *Registry) state() *actors.RegistryState {
 			st.DupKeys++
 		}
 	}
+	st.RemoteKeys = r.remoteOnly
+	st.MeshSessions = len(r.sessions)
+	for _, list := range r.forwarders {
+		if len(list) > 1 {
+			st.MultiLinked++
+		}
+	}
 	return st
+}
+
+func (r *Registry) meshConns() *actors.MeshConns {
+	out := &actors.MeshConns{}
+	for c := range r.conns {
+		if !c.CanMesh {
+			continue
+		}
+		_, watching := r.watchers[c]
+		out.Conns = append(out.Conns, actors.MeshConnInfo{
+			ID: c.ID, Key: c.Key, Addr: c.Addr, Since: c.Since,
+			Watching: watching, ForwardedIn: c.ForwardedIn.Load(),
+		})
+	}
+	slices.SortFunc(out.Conns, func(a, b actors.MeshConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return out
 }
 
 // check cross-checks the registry's maps against each other, the
@@ -425,6 +530,8 @@ func (r *Registry) check() []string {
 			}
 		}
 	}
+
+	problems = append(problems, r.checkMesh()...)
 
 	// The gauges the registry alone keeps must match its maps.
 	stats := r.sys.Stats
