@@ -8,6 +8,27 @@ import (
 	"github.com/derpd/derpd/wire"
 )
 
+// Tuning of every outbox, client or mesh link: facts about healthy
+// receivers, not knobs to turn for speed.
+const (
+	// MaxQueueWait bounds how long a reader waits for room in the queue
+	// of a receiver that is draining. Under CPU overload the destination's
+	// writer needs a scheduling slot, a few milliseconds at worst; a
+	// longer wait means something else is wrong, and dropping the oldest
+	// takes over.
+	MaxQueueWait = 20 * time.Millisecond
+
+	// StalledWriteAfter is how long one socket write may block before the
+	// receiver counts as not reading. A write of one batch to a receiver
+	// with room in its socket buffer takes microseconds.
+	StalledWriteAfter = 2 * time.Millisecond
+
+	// BatchFlushBytes is how much a writer collects before it flushes even
+	// though more frames are ready, so one slow flush never holds more
+	// than about a buffer's worth of data past its write deadline.
+	BatchFlushBytes = 48 << 10
+)
+
 // PacketSink accepts relayed packets for one destination. SendPacket takes
 // ownership of the packet (it is released whether it is written or
 // dropped). It is called from other connections' read loops: it may make
@@ -79,6 +100,12 @@ func (w *Waiter) WakeDeferred() {
 // Send puts p on q, waiting up to d for room. It reports whether p was
 // queued; if not, p is still the caller's.
 func (w *Waiter) Send(q chan<- *wire.Packet, p *wire.Packet, d time.Duration) bool {
+	return SendWaiting(w, q, p, d)
+}
+
+// SendWaiting is Waiter.Send for a queue of any element type (a mesh
+// link queues a packet together with its destination).
+func SendWaiting[T any](w *Waiter, q chan<- T, v T, d time.Duration) bool {
 	// Whatever this loop deferred must not wait behind the wait (it may
 	// be the very queue that is full).
 	w.WakeDeferred()
@@ -89,7 +116,7 @@ func (w *Waiter) Send(q chan<- *wire.Packet, p *wire.Packet, d time.Duration) bo
 		w.timer.Reset(d)
 	}
 	select {
-	case q <- p:
+	case q <- v:
 		w.timer.Stop()
 		return true
 	case <-w.timer.C:

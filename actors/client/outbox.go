@@ -14,22 +14,6 @@ import (
 	"github.com/derpd/derpd/wire"
 )
 
-// maxQueueWait bounds how long a reader waits for room in the queue of a
-// receiver that is draining. Under CPU overload the destination's writer
-// needs a scheduling slot, a few milliseconds at worst; a longer wait
-// means something else is wrong, and the old drop-oldest rule takes over.
-const maxQueueWait = 20 * time.Millisecond
-
-// stalledWriteAfter is how long one socket write may block before the
-// receiver counts as not reading. A write of one batch to a receiver with
-// room in its socket buffer takes microseconds.
-const stalledWriteAfter = 2 * time.Millisecond
-
-// batchFlushBytes is how much a writer collects before it flushes even
-// though more frames are ready, so one slow flush never holds more than
-// about a buffer's worth of data past its write deadline.
-const batchFlushBytes = 48 << 10
-
 // Outbox is everything a connection sends: two bounded packet queues (disco
 // and everything else, so bulk data cannot starve path discovery), a queue
 // of control frames, and the writer goroutine that drains them into the
@@ -183,7 +167,7 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	default:
 	}
 	if w != nil && !o.closed.Load() && !o.receiverStalled() {
-		if w.Send(q, p, maxQueueWait) {
+		if w.Send(q, p, actors.MaxQueueWait) {
 			o.queued()
 			return
 		}
@@ -286,7 +270,7 @@ func (o *Outbox) WakeDeferred() {
 		return
 	}
 drain:
-	for o.w.Buffered() < batchFlushBytes {
+	for o.w.Buffered() < actors.BatchFlushBytes {
 		select {
 		case p := <-o.disco:
 			o.writePacket(p)
@@ -379,12 +363,12 @@ func (o *Outbox) run() {
 		// registered (select picks among ready channels at random).
 		o.armDeadline()
 		updateBatches += o.writeCtrl()
-		// Take whatever else is ready, flushing every batchFlushBytes,
+		// Take whatever else is ready, flushing every actors.BatchFlushBytes,
 		// and flush once nothing is: several frames per system call
 		// under load, no added delay when idle.
 	batch:
 		for o.w.Err() == nil {
-			if o.w.Buffered() >= batchFlushBytes {
+			if o.w.Buffered() >= actors.BatchFlushBytes {
 				o.flush()
 				o.armDeadline()
 			}
@@ -499,7 +483,7 @@ func (o *Outbox) hasWork() bool {
 // socket write for longer than a healthy receiver ever takes.
 func (o *Outbox) receiverStalled() bool {
 	start := o.writeStart.Load()
-	return start != 0 && time.Now().UnixNano()-start > int64(stalledWriteAfter)
+	return start != 0 && time.Now().UnixNano()-start > int64(actors.StalledWriteAfter)
 }
 
 func (o *Outbox) armDeadline() {

@@ -49,6 +49,15 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	conn.SetDeadline(start.Add(HandshakeTimeout))
 	key, info, shared, rd, err := handshake(cfg, a)
 	canMesh := err == nil && isMesh(cfg, info)
+	if err == nil && !canMesh && !info.MeshKey.IsZero() {
+		// As upstream, such a client is served as an ordinary one (a
+		// prober with an old key keeps probing), and closed when it uses
+		// a mesh privilege. For a mesh peer that is the WatchConns it
+		// sends next, so say here what is wrong.
+		sys.Stats.MeshKeyMismatch.Add(1)
+		log.Warn().Str("key", key.String()).Bool("server_has_mesh_key", !cfg.MeshKey.IsZero()).
+			Msg("client presented a mesh key that is not this server's; serving it as an ordinary client")
+	}
 	if err == nil && cfg.Admit != nil && !canMesh {
 		ctx, cancel := context.WithDeadline(context.Background(), start.Add(HandshakeTimeout))
 		err = cfg.Admit(ctx, key, a.Addr)

@@ -78,6 +78,7 @@ func (s *server) debugHandler() http.Handler {
 	mux.HandleFunc("/debug/{$}", s.serveDebugIndex)
 	mux.HandleFunc("/debug/varz", s.serveVarz)
 	mux.HandleFunc("/debug/check", s.serveCheck)
+	mux.HandleFunc("/debug/mesh", s.serveMeshDebug)
 	mux.HandleFunc("/debug/gc", func(w http.ResponseWriter, r *http.Request) {
 		runtime.GC()
 		w.Write([]byte("Done.\n"))
@@ -109,7 +110,7 @@ func (s *server) serveDebugIndex(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "<li><b>Mesh key:</b> %v</li>\n", !s.clientCfg.MeshKey.IsZero())
 	fmt.Fprintf(w, "<li><b>Server key:</b> %s</li>\n", s.clientCfg.PublicKey)
 	fmt.Fprintf(w, "</ul><ul>\n")
-	for _, l := range []string{"varz", "check", "pprof/", "gc"} {
+	for _, l := range []string{"varz", "check", "mesh", "pprof/", "gc"} {
 		fmt.Fprintf(w, "<li><a href=\"/debug/%s\">/debug/%s</a></li>\n", l, l)
 	}
 	fmt.Fprintf(w, "</ul></body></html>\n")
@@ -149,6 +150,7 @@ func (s *server) serveVarz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.bootstrap.writePrometheus(p)
+	s.writeMeshMetrics(p)
 }
 
 // serveCheck cross-checks what the registry believes against the routing

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/derpd/derpd/actors/mesh"
+	"github.com/derpd/derpd/actors/registry"
 	"github.com/rs/zerolog"
 )
 
@@ -53,9 +55,13 @@ type options struct {
 	ace             bool
 
 	// derpd's own.
-	logLevel  string
-	logFormat string
-	verbose   bool
+	logLevel        string
+	logFormat       string
+	verbose         bool
+	meshDNS         string
+	meshDNSInterval time.Duration
+	meshDNSResolver string
+	meshMaxPeerKeys int
 
 	// set records which flags appeared on the command line, to tell an
 	// explicit value from a default.
@@ -98,6 +104,11 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.tcpUserTimeout, "tcp-user-timeout", 15*time.Second, "TCP_USER_TIMEOUT of accepted connections: how long unacknowledged data may linger before the kernel drops the peer")
 	fs.DurationVar(&o.tcpWriteTimeout, "tcp-write-timeout", 2*time.Second, "how long a write to a client may block before the client is disconnected as stalled (mesh peers get 30s); 0 disables it")
 	fs.BoolVar(&o.ace, "ace", false, "enable the experimental CONNECT proxy")
+
+	fs.StringVar(&o.meshDNS, "mesh-dns", "", "NAME[:port]: mesh with every address NAME resolves to (a Kubernetes headless service, a DNS round-robin name), each verified for NAME, re-resolved every -mesh-dns-interval; our own addresses are recognised by key")
+	fs.DurationVar(&o.meshDNSInterval, "mesh-dns-interval", mesh.DefaultDNSInterval, "how often -mesh-dns looks its name up again")
+	fs.StringVar(&o.meshDNSResolver, "mesh-dns-resolver", "", "host:port of the DNS server -mesh-dns asks; empty means the system's resolver")
+	fs.IntVar(&o.meshMaxPeerKeys, "mesh-max-peer-keys", registry.DefaultMaxSessionKeys, "most client keys one mesh peer may announce; more are ignored and counted (derpd_mesh_keys_refused)")
 
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.verbose, "v", false, "verbose logging (same as -log-level=debug)")
@@ -151,8 +162,24 @@ func (o *options) checkSupported() error {
 	if o.acmeIPCerts {
 		add("acme-ip-certs", "ACME IP certificates")
 	}
-	if o.meshWith != "" {
-		add("mesh-with", "meshing with other servers")
+	if _, err := mesh.ParseMeshWith(o.meshWith); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if o.meshDNS != "" {
+		if _, _, err := mesh.ParseMeshDNS(o.meshDNS); err != nil {
+			problems = append(problems, err.Error())
+		}
+		if o.meshDNSInterval <= 0 {
+			problems = append(problems, "-mesh-dns-interval must be positive")
+		}
+	}
+	if o.meshDNSResolver != "" {
+		if _, _, err := net.SplitHostPort(o.meshDNSResolver); err != nil {
+			problems = append(problems, fmt.Sprintf("-mesh-dns-resolver %q: want host:port: %v", o.meshDNSResolver, err))
+		}
+	}
+	if o.meshMaxPeerKeys <= 0 {
+		problems = append(problems, "-mesh-max-peer-keys must be positive")
 	}
 	if o.secretsURL != "" {
 		add("secrets-url", "fetching the mesh key from setec")

@@ -25,8 +25,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/client"
+	"github.com/derpd/derpd/actors/mesh"
 	"github.com/derpd/derpd/actors/registry"
 	"github.com/derpd/derpd/stun"
 	"github.com/derpd/derpd/wire"
@@ -98,6 +100,7 @@ type server struct {
 	certs           certSource // nil when serving plain HTTP
 	tlsVersions     tlsVersionCounter
 	bootstrap       *bootstrapDNS
+	mesh            *actor.PID // the mesh actor; nil when not meshing
 	started         time.Time
 }
 
@@ -117,7 +120,7 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 	pub := priv.Public()
 
 	sys := actors.NewSystem(log)
-	registry.Spawn(sys, pub)
+	registry.Spawn(sys, pub, registry.WithMaxSessionKeys(opts.meshMaxPeerKeys))
 
 	s := &server{
 		opts: opts,
@@ -197,6 +200,14 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		}
 	}
 	go s.reloadOnHUP(ctx, hup)
+
+	if s.mesh, err = startMesh(opts, sys, priv, meshKey, log); err != nil {
+		s.listener.Close()
+		for _, srv := range servers[1:] {
+			srv.Close()
+		}
+		return err
+	}
 
 	if opts.runSTUN {
 		host, _, _ := net.SplitHostPort(opts.addr)
@@ -279,6 +290,10 @@ func (s *server) shutdown(servers []*http.Server) {
 	if s.stun != nil {
 		s.stun.Close()
 	}
+	if s.mesh != nil {
+		// Links first, so that none reconnects while clients leave.
+		s.sys.Root.StopFuture(s.mesh).Wait()
+	}
 	s.sys.Send(s.sys.Registry, &actors.CloseAll{Reason: "server shutting down"})
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -326,6 +341,52 @@ func loadKeys(opts *options, log zerolog.Logger) (wire.NodePrivate, wire.MeshKey
 		return priv, meshKey, err
 	}
 	return priv, meshKey, nil
+}
+
+// startMesh starts the mesh actor for -mesh-with and -mesh-dns, if either
+// is set. Upstream refuses -mesh-with without a mesh key, and so does
+// derpd: a peer would take the link for an ordinary client.
+func startMesh(opts *options, sys *actors.System, priv wire.NodePrivate, meshKey wire.MeshKey, log zerolog.Logger) (*actor.PID, error) {
+	targets, err := mesh.ParseMeshWith(opts.meshWith)
+	if err != nil {
+		return nil, err
+	}
+	var dns *mesh.DNS
+	if opts.meshDNS != "" {
+		name, port, err := mesh.ParseMeshDNS(opts.meshDNS)
+		if err != nil {
+			return nil, err
+		}
+		dns = &mesh.DNS{Name: name, Port: port, Interval: opts.meshDNSInterval, Resolver: meshResolver(opts.meshDNSResolver)}
+	}
+	if len(targets) == 0 && dns == nil {
+		return nil, nil
+	}
+	if meshKey.IsZero() {
+		return nil, errors.New("-mesh-with and -mesh-dns need the region's mesh key (-mesh-psk-file, or $TAILSCALE_DERPER_MESH_KEY with -dev)")
+	}
+	cfg := &mesh.Config{PrivateKey: priv, PublicKey: priv.Public(), MeshKey: meshKey}
+	for _, t := range targets {
+		log.Info().Str("peer", t.Name).Str("url", t.URL()).Str("dial", t.DialAddr()).Msg("meshing with")
+	}
+	if dns != nil {
+		log.Info().Str("name", dns.Name).Int("port", dns.Port).Dur("interval", dns.Interval).Msg("meshing with every address of")
+	}
+	return mesh.SpawnManager(sys, cfg, targets, dns), nil
+}
+
+// meshResolver is the system's resolver, or one that asks only server.
+func meshResolver(server string) mesh.Resolver {
+	if server == "" {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, server)
+		},
+	}
 }
 
 // queueDepthFromEnv honours upstream's debug knob for the per-client

@@ -82,7 +82,11 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		args []string
 		flag string // the refusal must name it
 	}{
-		{[]string{"-a", ":8080", "-mesh-with", "derp2.example.com"}, "-mesh-with"},
+		{[]string{"-a", ":8080", "-mesh-with", "a/b/c"}, "-mesh-with"},
+		{[]string{"-a", ":8080", "-mesh-dns", "10.0.0.1"}, "-mesh-dns"},
+		{[]string{"-a", ":8080", "-mesh-dns", "derp.example.com", "-mesh-dns-interval", "0s"}, "-mesh-dns-interval"},
+		{[]string{"-a", ":8080", "-mesh-dns-resolver", "10.0.0.53"}, "-mesh-dns-resolver"},
+		{[]string{"-a", ":8080", "-mesh-max-peer-keys", "0"}, "-mesh-max-peer-keys"},
 		{[]string{"-a", ":8080", "-verify-clients"}, "-verify-clients"},
 		{[]string{"-a", ":443", "-acme-ip-certs"}, "-acme-ip-certs"},
 		{[]string{"-a", ":8080", "-secrets-url", "https://setec.example"}, "-secrets-url"},
@@ -113,6 +117,7 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		{"-a", ":443", "-hostname", "derp.example.com"},
 		{"-a", ":8443", "-certmode", "manual"},
 		{"-a", ":8080", "-bootstrap-dns-names", "example.com", "-unpublished-bootstrap-dns-names", "a.example/b.example"},
+		{"-a", ":443", "-mesh-with", "derp2.example.com,derp3.example.com:8443/10.0.0.3,", "-mesh-dns", "derp.example.com:8443", "-mesh-dns-resolver", "10.0.0.53:53"},
 	} {
 		o, _ := parseFlags(args)
 		if err := o.checkSupported(); err != nil {

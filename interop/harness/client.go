@@ -87,10 +87,10 @@ func DialRegion(srv *Server, priv key.NodePrivate, roots *x509.CertPool, certNam
 	if priv.IsZero() {
 		priv = key.NewNode()
 	}
-	_, port, _ := net.SplitHostPort(srv.Addr())
+	host, port, _ := net.SplitHostPort(srv.Addr())
 	p, _ := strconv.Atoi(port)
 	region := &tailcfg.DERPRegion{RegionID: 900, RegionCode: "test", Nodes: []*tailcfg.DERPNode{{
-		Name: "900a", RegionID: 900, HostName: srv.Opts.Hostname, IPv4: "127.0.0.1", IPv6: "none",
+		Name: "900a", RegionID: 900, HostName: srv.Opts.Hostname, IPv4: host, IPv6: "none",
 		DERPPort: p, STUNPort: -1, CertName: certName,
 	}}}
 	dc := derphttp.NewRegionClient(priv, func(string, ...any) {}, netmon.NewStatic(), func() *tailcfg.DERPRegion { return region })
@@ -183,6 +183,19 @@ func (c *Client) await(d time.Duration, want func(derp.ReceivedMessage) bool) (d
 			return nil, fmt.Errorf("nothing received within %v", d)
 		}
 	}
+}
+
+// AwaitPacketFrom waits up to d for a packet from src, skipping anything
+// else that arrives meanwhile.
+func (c *Client) AwaitPacketFrom(src key.NodePublic, d time.Duration) (derp.ReceivedPacket, error) {
+	m, err := c.await(d, func(m derp.ReceivedMessage) bool {
+		p, ok := m.(derp.ReceivedPacket)
+		return ok && p.Source == src
+	})
+	if err != nil {
+		return derp.ReceivedPacket{}, err
+	}
+	return m.(derp.ReceivedPacket), nil
 }
 
 // RecvPacket returns the next message, which must be a packet.

@@ -111,6 +111,12 @@ type Options struct {
 	Hostname string
 	HTTPPort int // -http-port; 0 means -1 (off)
 	STUNPort int // > 0 turns STUN on at this UDP port
+
+	// Host and Port are the listen address: 127.0.0.1 and a free port
+	// unless set (a region on 127.0.0.x shares one port, as a DNS name's
+	// addresses do).
+	Host string
+	Port int
 }
 
 // Server is a running server process.
@@ -200,11 +206,17 @@ func Launch(opts Options, dir string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	port := opts.Port
+	if port == 0 {
+		if port, err = FreePort(); err != nil {
+			return nil, err
+		}
 	}
-	s := &Server{Kind: opts.Kind, Opts: opts, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: &syncBuffer{}, exited: make(chan struct{})}
+	host := opts.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	s := &Server{Kind: opts.Kind, Opts: opts, addr: net.JoinHostPort(host, strconv.Itoa(port)), out: &syncBuffer{}, exited: make(chan struct{})}
 	s.keyFile = opts.KeyFile
 	if s.keyFile == "" {
 		s.keyFile = filepath.Join(dir, "derper.key")
@@ -300,6 +312,15 @@ func (s *Server) Signal(sig os.Signal) error {
 		s.asked.Store(true)
 	}
 	return s.cmd.Process.Signal(sig)
+}
+
+// Kill ends the server with SIGKILL, as a crash or a power cut would,
+// and waits for it to be gone.
+func (s *Server) Kill() {
+	s.asked.Store(true)
+	s.killed.Store(true)
+	s.cmd.Process.Kill()
+	<-s.exited
 }
 
 // Exited is closed when the process has ended; ExitErr says how.

@@ -60,6 +60,13 @@ func MakeCA() (*CA, error) {
 	return &CA{Cert: cert, key: key, Pool: pool}, nil
 }
 
+// WritePEM writes the CA certificate to path, for SSL_CERT_FILE: Go
+// programs on Linux, derpd and upstream derper among them, then trust it
+// as their system's roots (mesh links verify peers that way).
+func (ca *CA) WritePEM(path string) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}), 0o644)
+}
+
 // Issue writes <dir>/<host>.crt and .key, a leaf for host signed by the
 // CA, in the layout -certmode=manual reads. serial distinguishes reissues.
 func (ca *CA) Issue(tb testing.TB, dir, host string, serial int64) {

@@ -1,0 +1,343 @@
+package interop
+
+import (
+	"bytes"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/derpd/derpd/interop/harness"
+	"tailscale.com/derp"
+	"tailscale.com/types/key"
+)
+
+// region is a set of meshed servers on loopback. Every node has a
+// certificate for a name of its own from one throwaway CA, which every
+// node trusts as its system's roots (SSL_CERT_FILE): mesh links verify
+// their peers the way they would in production, with no flag to loosen
+// it. Each node's -mesh-with lists every node, itself included, as
+// name:port/127.0.0.1.
+type region struct {
+	t       *testing.T
+	ca      *harness.CA
+	certDir string
+	caFile  string
+	meshKey string
+	nodes   []*regionNode
+}
+
+type regionNode struct {
+	*harness.Server
+	kind harness.Kind
+	name string
+	port int
+	args []string
+	key  string // key file, kept across restarts
+}
+
+// newRegion prepares (but does not start) one node per kind.
+func newRegion(t *testing.T, kinds ...harness.Kind) *region {
+	t.Helper()
+	r := &region{t: t, ca: harness.NewCA(t), certDir: t.TempDir(), meshKey: harness.MeshKeyHex()}
+	r.caFile = filepath.Join(r.certDir, "ca.pem")
+	if err := r.ca.WritePEM(r.caFile); err != nil {
+		t.Fatal(err)
+	}
+	keyDir := t.TempDir()
+	for i, k := range kinds {
+		port, err := harness.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := &regionNode{kind: k, name: fmt.Sprintf("node%d.derp.test", i+1), port: port,
+			key: filepath.Join(keyDir, fmt.Sprintf("node%d.key", i+1))}
+		r.ca.Issue(t, r.certDir, n.name, int64(10+i))
+		r.nodes = append(r.nodes, n)
+	}
+	return r
+}
+
+// meshWith is the -mesh-with list naming every node.
+func (r *region) meshWith() string {
+	var entries []string
+	for _, n := range r.nodes {
+		entries = append(entries, n.name+":"+strconv.Itoa(n.port)+"/127.0.0.1")
+	}
+	return strings.Join(entries, ",")
+}
+
+// startAll starts every node with the full -mesh-with list.
+func (r *region) startAll() *region {
+	for i := range r.nodes {
+		r.start(i, "-mesh-with", r.meshWith())
+	}
+	return r
+}
+
+// start (re)starts node i with args.
+func (r *region) start(i int, args ...string) *regionNode {
+	r.t.Helper()
+	n := r.nodes[i]
+	if args != nil {
+		n.args = args
+	}
+	n.Server = harness.Start(r.t, harness.Options{
+		Kind: n.kind, MeshKey: r.meshKey, CertDir: r.certDir, Hostname: n.name,
+		Port: n.port, KeyFile: n.key, Args: n.args,
+		Env: []string{"SSL_CERT_FILE=" + r.caFile},
+	})
+	return n
+}
+
+// connect dials node i as a Tailscale client would, verifying its
+// certificate.
+func (r *region) connect(i int, priv key.NodePrivate) *harness.Client {
+	r.t.Helper()
+	c, err := harness.DialRegion(r.nodes[i].Server, priv, r.ca.Pool, "")
+	if err != nil {
+		r.t.Fatalf("connecting to %s: %v", r.nodes[i].name, err)
+	}
+	r.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// awaitPath sends from one client to another until a packet gets through
+// (the mesh links and their announcements take a moment), then drains
+// every probe still on its way, so the next message to reads what the
+// test sends next.
+func awaitPath(t *testing.T, from, to *harness.Client) {
+	t.Helper()
+	deadline := time.Now().Add(harness.Wait)
+	for i := 0; ; i++ {
+		if err := from.Send(to.Pub, []byte("probe "+strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := to.AwaitPacketFrom(from.Pub, 50*time.Millisecond); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no path from %v to %v within %v", from.Pub.ShortString(), to.Pub.ShortString(), harness.Wait)
+		}
+	}
+	marker := []byte("end of probes")
+	if err := from.Send(to.Pub, marker); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		p := to.RecvPacket(t)
+		if p.Source == from.Pub && bytes.Equal(p.Data, marker) {
+			return
+		}
+		if !bytes.HasPrefix(p.Data, []byte("probe ")) {
+			t.Fatalf("%v got %q from %v while draining probes", to.Pub.ShortString(), p.Data, p.Source.ShortString())
+		}
+	}
+}
+
+// exchange sends a packet each way between a and b and checks payload
+// and source.
+func exchange(t *testing.T, a, b *harness.Client, tag string) {
+	t.Helper()
+	ab, ba := []byte(tag+": a to b"), []byte(tag+": b to a")
+	if err := a.Send(b.Pub, ab); err != nil {
+		t.Fatal(err)
+	}
+	b.ExpectPacket(t, a.Pub, ab)
+	if err := b.Send(a.Pub, ba); err != nil {
+		t.Fatal(err)
+	}
+	a.ExpectPacket(t, b.Pub, ba)
+}
+
+// The mixed region: derpd and upstream derper meshed both ways, each
+// linking to the other. Clients on either side reach each other with
+// their sources intact, disco and data alike, and PeerGone crosses the
+// mesh when a sender leaves. Against the derper target this is a
+// derper–derper region: the expectations are upstream's own.
+func TestMeshWithUpstreamDerper(t *testing.T) {
+	r := newRegion(t, harness.TargetFromEnv(), harness.Derper).startAll()
+	a := r.connect(0, key.NodePrivate{})
+	b := r.connect(1, key.NodePrivate{})
+	awaitPath(t, a, b)
+	awaitPath(t, b, a)
+	exchange(t, a, b, "data")
+	if err := a.Send(b.Pub, disco(1)); err != nil {
+		t.Fatal(err)
+	}
+	b.ExpectPacket(t, a.Pub, disco(1))
+
+	// b heard from a; when a leaves the region, b is told.
+	a.Close()
+	b.ExpectPeerGone(t, a.Pub, derp.PeerGoneReasonDisconnected)
+	b.Sync(t)
+
+	// And the other way: a client on derper that sent to one on derpd.
+	c := r.connect(0, key.NodePrivate{})
+	d := r.connect(1, key.NodePrivate{})
+	awaitPath(t, d, c)
+	d.Close()
+	c.ExpectPeerGone(t, d.Pub, derp.PeerGoneReasonDisconnected)
+	c.Sync(t)
+
+	n0 := r.nodes[0]
+	if got := n0.Metric(t, "derp_packets_forwarded_out"); got < 2 {
+		t.Errorf("%s forwarded_out = %v, want at least 2", n0.Kind, got)
+	}
+	if got := n0.Metric(t, "derp_packets_forwarded_in"); got < 1 {
+		t.Errorf("%s forwarded_in = %v, want at least 1", n0.Kind, got)
+	}
+}
+
+// A three-node region of the target: every pair of clients on different
+// nodes reaches each other, each node's own entry in -mesh-with costs
+// nothing (§9.26), and nothing is forwarded twice (§9.24: a forwarded
+// packet is delivered, never re-forwarded).
+func TestMeshThreeNodeRegion(t *testing.T) {
+	target := harness.TargetFromEnv()
+	r := newRegion(t, target, target, target).startAll()
+	var cs []*harness.Client
+	for i := range r.nodes {
+		cs = append(cs, r.connect(i, key.NodePrivate{}))
+	}
+	for i, a := range cs {
+		for j, b := range cs {
+			if i != j {
+				awaitPath(t, a, b)
+			}
+		}
+	}
+	before := make([]float64, len(r.nodes))
+	for i, n := range r.nodes {
+		before[i] = n.Metric(t, "derp_packets_forwarded_out") + n.Metric(t, "derp_packets_forwarded_in")
+	}
+	for i, a := range cs {
+		for j, b := range cs {
+			if i < j {
+				exchange(t, a, b, fmt.Sprintf("%d-%d", i, j))
+			}
+		}
+	}
+	// Six packets crossed the mesh, each forwarded out once by its
+	// sender's node and in once by its receiver's: twelve in all, not
+	// more (a packet forwarded again, or through a node's own entry,
+	// would add to it).
+	deadline := time.Now().Add(harness.Wait)
+	for {
+		total := 0.0
+		for i, n := range r.nodes {
+			total += n.Metric(t, "derp_packets_forwarded_out") + n.Metric(t, "derp_packets_forwarded_in") - before[i]
+		}
+		if total == 12 {
+			break
+		}
+		if total > 12 || time.Now().After(deadline) {
+			t.Fatalf("forwarded in+out grew by %v over the region, want 12", total)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if target == harness.Derpd {
+		for _, n := range r.nodes {
+			v := meshDebug(t, n.Server)
+			for _, l := range v.Links {
+				want := "up"
+				if strings.HasPrefix(l.Peer, n.name+":") {
+					want = "self"
+				}
+				if l.State != want {
+					t.Errorf("%s: link %s is %q, want %q", n.name, l.Peer, l.State, want)
+				}
+			}
+		}
+	}
+}
+
+// A node killed with traffic flowing: its peers drop its keys at once
+// (their clients that heard from its clients get PeerGone), traffic
+// between the other nodes carries on, and when it comes back with the
+// same key the region heals by itself.
+func TestMeshNodeKilledAndRestarted(t *testing.T) {
+	target := harness.TargetFromEnv()
+	r := newRegion(t, target, target, target).startAll()
+	a, b, c := r.connect(0, key.NodePrivate{}), r.connect(1, key.NodePrivate{}), r.connect(2, key.NodePrivate{})
+	for _, p := range [][2]*harness.Client{{a, b}, {b, a}, {b, c}, {a, c}, {c, a}} {
+		awaitPath(t, p[0], p[1])
+	}
+	r.nodes[1].Kill()
+	b.ExpectClosed(t)
+	a.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
+	c.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
+	exchange(t, a, c, "while node 2 is down")
+
+	r.start(1)
+	b2 := r.connect(1, b.Priv)
+	awaitPath(t, a, b2)
+	awaitPath(t, b2, a)
+	awaitPath(t, c, b2)
+	exchange(t, a, b2, "after the restart")
+	exchange(t, c, b2, "after the restart")
+	a.Sync(t)
+	c.Sync(t)
+}
+
+// A client that moves from one node to another, connecting to the new one
+// before it leaves the old, as tailscaled does when its home changes: its
+// peers keep reaching it without a PeerGone, first on the old node and
+// then on the new, and the move back is followed too.
+func TestMeshClientMovesBetweenNodes(t *testing.T) {
+	target := harness.TargetFromEnv()
+	r := newRegion(t, target, target).startAll()
+	x := r.connect(0, key.NodePrivate{})
+	y := r.connect(1, key.NodePrivate{})
+	awaitPath(t, x, y)
+	awaitPath(t, y, x)
+
+	x2 := r.connect(1, x.Priv) // x arrives on y's node
+	x.Close()
+	exchange(t, x2, y, "x on node 2")
+	y.Sync(t) // and no PeerGone for x: it never left the region
+
+	x3 := r.connect(0, x.Priv) // and back
+	x2.Close()
+	awaitPath(t, y, x3)
+	exchange(t, x3, y, "x back on node 1")
+	y.Sync(t)
+}
+
+// A peer with another mesh key is no peer: the link fails with an error
+// that says why, nothing crosses, and the peer counts the mismatch.
+func TestMeshWrongMeshKeyIsRefused(t *testing.T) {
+	if harness.TargetFromEnv() != harness.Derpd {
+		t.Skip("checks derpd's link state and its mesh-key mismatch counter, which derper does not have")
+	}
+	r := newRegion(t, harness.Derpd, harness.Derpd)
+	r.start(0, "-mesh-with", r.meshWith())
+	good := r.meshKey
+	r.meshKey = harness.MeshKeyHex()
+	r.start(1, "-mesh-with", r.meshWith())
+	r.meshKey = good
+	a, b := r.connect(0, key.NodePrivate{}), r.connect(1, key.NodePrivate{})
+
+	for _, n := range r.nodes {
+		n.WaitMetricAtLeast(t, "derpd_mesh_key_mismatch", 1)
+	}
+	deadline := time.Now().Add(harness.Wait)
+	for {
+		l := linkTo(t, r.nodes[0].Server, r.nodes[1].name)
+		if l.State != "up" && strings.Contains(l.LastError, "mesh key") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("link to the peer with another key: %+v, want down with an error naming the mesh key", l)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := r.nodes[0].Metric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`)
+	if err := a.Send(b.Pub, []byte("must not cross")); err != nil {
+		t.Fatal(err)
+	}
+	r.nodes[0].WaitMetric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`, before+1)
+	b.Sync(t)
+}
