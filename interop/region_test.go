@@ -3,7 +3,6 @@ package interop
 import (
 	"bytes"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,81 +13,35 @@ import (
 	"tailscale.com/types/key"
 )
 
-// region is a set of meshed servers on loopback. Every node has a
-// certificate for a name of its own from one throwaway CA, which every
-// node trusts as its system's roots (SSL_CERT_FILE): mesh links verify
-// their peers the way they would in production, with no flag to loosen
-// it. Each node's -mesh-with lists every node, itself included, as
-// name:port/127.0.0.1.
+// region is a harness.Region whose nodes the test starts and stops.
 type region struct {
-	t       *testing.T
-	ca      *harness.CA
-	certDir string
-	caFile  string
-	meshKey string
-	nodes   []*regionNode
-}
-
-type regionNode struct {
-	*harness.Server
-	kind harness.Kind
-	name string
-	port int
-	args []string
-	key  string // key file, kept across restarts
+	*harness.Region
+	t *testing.T
 }
 
 // newRegion prepares (but does not start) one node per kind.
 func newRegion(t *testing.T, kinds ...harness.Kind) *region {
 	t.Helper()
-	r := &region{t: t, ca: harness.NewCA(t), certDir: t.TempDir(), meshKey: harness.MeshKeyHex()}
-	r.caFile = filepath.Join(r.certDir, "ca.pem")
-	if err := r.ca.WritePEM(r.caFile); err != nil {
+	r, err := harness.NewRegion(t.TempDir(), kinds...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	keyDir := t.TempDir()
-	for i, k := range kinds {
-		port, err := harness.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := &regionNode{kind: k, name: fmt.Sprintf("node%d.derp.test", i+1), port: port,
-			key: filepath.Join(keyDir, fmt.Sprintf("node%d.key", i+1))}
-		r.ca.Issue(t, r.certDir, n.name, int64(10+i))
-		r.nodes = append(r.nodes, n)
-	}
-	return r
+	return &region{Region: r, t: t}
 }
 
-// meshWith is the -mesh-with list naming every node.
-func (r *region) meshWith() string {
-	var entries []string
-	for _, n := range r.nodes {
-		entries = append(entries, n.name+":"+strconv.Itoa(n.port)+"/127.0.0.1")
-	}
-	return strings.Join(entries, ",")
-}
-
-// startAll starts every node with the full -mesh-with list.
+// startAll starts every node with -mesh-with naming every node.
 func (r *region) startAll() *region {
-	for i := range r.nodes {
-		r.start(i, "-mesh-with", r.meshWith())
+	for i := range r.Nodes {
+		r.start(i)
 	}
 	return r
 }
 
-// start (re)starts node i with args.
-func (r *region) start(i int, args ...string) *regionNode {
+// start (re)starts node i with args (nil: as before).
+func (r *region) start(i int, args ...string) *harness.Node {
 	r.t.Helper()
-	n := r.nodes[i]
-	if args != nil {
-		n.args = args
-	}
-	n.Server = harness.Start(r.t, harness.Options{
-		Kind: n.kind, MeshKey: r.meshKey, CertDir: r.certDir, Hostname: n.name,
-		Port: n.port, KeyFile: n.key, Args: n.args,
-		Env: []string{"SSL_CERT_FILE=" + r.caFile},
-	})
+	n := r.Nodes[i]
+	n.Server = harness.Start(r.t, r.Options(i, args))
 	return n
 }
 
@@ -96,9 +49,9 @@ func (r *region) start(i int, args ...string) *regionNode {
 // certificate.
 func (r *region) connect(i int, priv key.NodePrivate) *harness.Client {
 	r.t.Helper()
-	c, err := harness.DialRegion(r.nodes[i].Server, priv, r.ca.Pool, "")
+	c, err := r.Dial(i, priv)
 	if err != nil {
-		r.t.Fatalf("connecting to %s: %v", r.nodes[i].name, err)
+		r.t.Fatalf("connecting to %s: %v", r.Nodes[i].Name, err)
 	}
 	r.t.Cleanup(func() { c.Close() })
 	return c
@@ -182,7 +135,7 @@ func TestMeshWithUpstreamDerper(t *testing.T) {
 	c.ExpectPeerGone(t, d.Pub, derp.PeerGoneReasonDisconnected)
 	c.Sync(t)
 
-	n0 := r.nodes[0]
+	n0 := r.Nodes[0]
 	if got := n0.Metric(t, "derp_packets_forwarded_out"); got < 2 {
 		t.Errorf("%s forwarded_out = %v, want at least 2", n0.Kind, got)
 	}
@@ -199,7 +152,7 @@ func TestMeshThreeNodeRegion(t *testing.T) {
 	target := harness.TargetFromEnv()
 	r := newRegion(t, target, target, target).startAll()
 	var cs []*harness.Client
-	for i := range r.nodes {
+	for i := range r.Nodes {
 		cs = append(cs, r.connect(i, key.NodePrivate{}))
 	}
 	for i, a := range cs {
@@ -209,8 +162,8 @@ func TestMeshThreeNodeRegion(t *testing.T) {
 			}
 		}
 	}
-	before := make([]float64, len(r.nodes))
-	for i, n := range r.nodes {
+	before := make([]float64, len(r.Nodes))
+	for i, n := range r.Nodes {
 		before[i] = n.Metric(t, "derp_packets_forwarded_out") + n.Metric(t, "derp_packets_forwarded_in")
 	}
 	for i, a := range cs {
@@ -227,7 +180,7 @@ func TestMeshThreeNodeRegion(t *testing.T) {
 	deadline := time.Now().Add(harness.Wait)
 	for {
 		total := 0.0
-		for i, n := range r.nodes {
+		for i, n := range r.Nodes {
 			total += n.Metric(t, "derp_packets_forwarded_out") + n.Metric(t, "derp_packets_forwarded_in") - before[i]
 		}
 		if total == 12 {
@@ -239,15 +192,15 @@ func TestMeshThreeNodeRegion(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if target == harness.Derpd {
-		for _, n := range r.nodes {
+		for _, n := range r.Nodes {
 			v := meshDebug(t, n.Server)
 			for _, l := range v.Links {
 				want := "up"
-				if strings.HasPrefix(l.Peer, n.name+":") {
+				if strings.HasPrefix(l.Peer, n.Name+":") {
 					want = "self"
 				}
 				if l.State != want {
-					t.Errorf("%s: link %s is %q, want %q", n.name, l.Peer, l.State, want)
+					t.Errorf("%s: link %s is %q, want %q", n.Name, l.Peer, l.State, want)
 				}
 			}
 		}
@@ -265,7 +218,7 @@ func TestMeshNodeKilledAndRestarted(t *testing.T) {
 	for _, p := range [][2]*harness.Client{{a, b}, {b, a}, {b, c}, {a, c}, {c, a}} {
 		awaitPath(t, p[0], p[1])
 	}
-	r.nodes[1].Kill()
+	r.Nodes[1].Kill()
 	b.ExpectClosed(t)
 	a.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
 	c.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
@@ -313,19 +266,19 @@ func TestMeshWrongMeshKeyIsRefused(t *testing.T) {
 		t.Skip("checks derpd's link state and its mesh-key mismatch counter, which derper does not have")
 	}
 	r := newRegion(t, harness.Derpd, harness.Derpd)
-	r.start(0, "-mesh-with", r.meshWith())
-	good := r.meshKey
-	r.meshKey = harness.MeshKeyHex()
-	r.start(1, "-mesh-with", r.meshWith())
-	r.meshKey = good
+	r.start(0, "-mesh-with", r.MeshWith())
+	good := r.MeshKey
+	r.MeshKey = harness.MeshKeyHex()
+	r.start(1, "-mesh-with", r.MeshWith())
+	r.MeshKey = good
 	a, b := r.connect(0, key.NodePrivate{}), r.connect(1, key.NodePrivate{})
 
-	for _, n := range r.nodes {
+	for _, n := range r.Nodes {
 		n.WaitMetricAtLeast(t, "derpd_mesh_key_mismatch", 1)
 	}
 	deadline := time.Now().Add(harness.Wait)
 	for {
-		l := linkTo(t, r.nodes[0].Server, r.nodes[1].name)
+		l := linkTo(t, r.Nodes[0].Server, r.Nodes[1].Name)
 		if l.State != "up" && strings.Contains(l.LastError, "mesh key") {
 			break
 		}
@@ -334,10 +287,10 @@ func TestMeshWrongMeshKeyIsRefused(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	before := r.nodes[0].Metric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`)
+	before := r.Nodes[0].Metric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`)
 	if err := a.Send(b.Pub, []byte("must not cross")); err != nil {
 		t.Fatal(err)
 	}
-	r.nodes[0].WaitMetric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`, before+1)
+	r.Nodes[0].WaitMetric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`, before+1)
 	b.Sync(t)
 }
