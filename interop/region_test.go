@@ -3,6 +3,7 @@ package interop
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -293,4 +294,87 @@ func TestMeshWrongMeshKeyIsRefused(t *testing.T) {
 	}
 	r.Nodes[0].WaitMetric(t, `derp_packets_dropped{reason="unknown_dest",kind="other"}`, before+1)
 	b.Sync(t)
+}
+
+// -mesh-dns: the region is whatever a DNS name resolves to, here three
+// nodes on 127.0.0.2–4 sharing one port and one name, answered by a DNS
+// server the test controls. Nodes link to each address of the answer
+// (their own recognised by key), add a link when an address appears,
+// remove it when one goes (its keys leave with it), and keep what they
+// have when the lookup fails.
+func TestMeshDNSMembership(t *testing.T) {
+	if harness.TargetFromEnv() != harness.Derpd {
+		t.Skip("-mesh-dns is derpd's; upstream derper only has the static -mesh-with")
+	}
+	const name = "region.test"
+	r := newRegion(t, harness.Derpd, harness.Derpd, harness.Derpd)
+	port := r.Nodes[0].Port
+	ips := []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")}
+	r.CA.Issue(t, r.CertDir, name, 99)
+	for i, n := range r.Nodes {
+		n.Name, n.Host, n.Port = name, ips[i].String(), port
+	}
+	dns := startDNS(t, name, ips[0], ips[1])
+	args := []string{"-mesh-dns", name + ":" + strconv.Itoa(port), "-mesh-dns-interval", "100ms", "-mesh-dns-resolver", dns.Addr()}
+	link := func(n int, ip netip.Addr) string { return name + "/" + ip.String() }
+
+	r.start(0, args...)
+	r.start(1, args...)
+	a, b := r.connect(0, key.NodePrivate{}), r.connect(1, key.NodePrivate{})
+	awaitPath(t, a, b)
+	awaitPath(t, b, a)
+
+	// A third node not yet in the answer links to the others, but they
+	// do not know it: only its own clients can send across.
+	r.start(2, args...)
+	c := r.connect(2, key.NodePrivate{})
+	awaitPath(t, c, a)
+	if l := linkTo(t, r.Nodes[0].Server, link(0, ips[2])); l.Peer != "" {
+		t.Fatalf("node 1 links to node 3 before DNS names it: %+v", l)
+	}
+
+	dns.set(ips...)
+	awaitPath(t, a, c)
+	awaitPath(t, b, c)
+	awaitPath(t, c, b)
+	waitLinks(t, r.Nodes[0].Server, map[string]string{link(0, ips[0]): "self", link(0, ips[1]): "up", link(0, ips[2]): "up"})
+
+	// Node 2 leaves the answer: the others drop their links to it, and
+	// with them its client, so those who heard from b are told.
+	dns.set(ips[0], ips[2])
+	a.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
+	c.ExpectPeerGone(t, b.Pub, derp.PeerGoneReasonDisconnected)
+	waitLinks(t, r.Nodes[0].Server, map[string]string{link(0, ips[0]): "self", link(0, ips[2]): "up"})
+	waitLinks(t, r.Nodes[2].Server, map[string]string{link(0, ips[0]): "up", link(0, ips[2]): "self"})
+
+	// A lookup that answers nothing changes nothing.
+	dns.set()
+	deadline := time.Now().Add(harness.Wait)
+	for v := meshDebug(t, r.Nodes[0].Server); v.DNS == nil || v.DNS.LastError == ""; v = meshDebug(t, r.Nodes[0].Server) {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1 never reported the empty answer")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitLinks(t, r.Nodes[0].Server, map[string]string{link(0, ips[0]): "self", link(0, ips[2]): "up"})
+	exchange(t, a, c, "with an empty DNS answer")
+}
+
+// waitLinks waits until srv's links are exactly want (name → state).
+func waitLinks(t *testing.T, srv *harness.Server, want map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(harness.Wait)
+	for {
+		got := map[string]string{}
+		for _, l := range meshDebug(t, srv).Links {
+			got[l.Peer] = l.State
+		}
+		if fmt.Sprint(got) == fmt.Sprint(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("links %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
