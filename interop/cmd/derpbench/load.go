@@ -24,6 +24,7 @@ type rawClient struct {
 	br   *bufio.Reader
 	priv wire.NodePrivate
 	pub  wire.NodePublic
+	got  atomic.Int64 // RecvPackets this client has read, for path probes
 }
 
 // dialRaw connects to addr over plain TCP and completes the DERP
@@ -33,13 +34,22 @@ func dialRaw(addr string) (*rawClient, error) { return dialRawTLS(addr, "") }
 // dialRawTLS is dialRaw over TLS when serverName is set (the chain is not
 // verified: the benchmark's certificate is its own).
 func dialRawTLS(addr, serverName string) (*rawClient, error) {
+	if serverName == "" {
+		return dialRawConfig(addr, nil)
+	}
+	return dialRawConfig(addr, &tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+}
+
+// dialRawConfig is dialRaw over TLS with config, or plain TCP if it is
+// nil.
+func dialRawConfig(addr string, config *tls.Config) (*rawClient, error) {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	if serverName != "" {
-		tc := tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+	if config != nil {
+		tc := tls.Client(c, config)
 		if err := tc.Handshake(); err != nil {
 			c.Close()
 			return nil, err
@@ -128,6 +138,7 @@ func (rc *rawClient) receive(packets, bytes *atomic.Int64) {
 		if typ == wire.FrameRecvPacket {
 			packets.Add(1)
 			bytes.Add(int64(n) - wire.KeyLen)
+			rc.got.Add(1)
 		}
 	}
 }
@@ -227,32 +238,62 @@ func (s *sender) run(stop <-chan struct{}, wg *sync.WaitGroup) {
 }
 
 // loadSpec describes a relay load: pairs of sender → receiver, plus
-// optionally one stalled receiver every sender sends a share to.
+// optionally one stalled receiver every sender sends a share to, or a
+// side receiver per pair that gets a share of its sender's packets.
 type loadSpec struct {
 	pairs      int
 	rate       float64 // total packets per second over all senders; 0 = unpaced
 	size       int
 	stalledPer int // if > 0, every stalledPer-th packet goes to a receiver that never reads
+	sidePer    int // if > 0, every sidePer-th packet goes to the pair's side receiver
+
+	// dial connects one party of the load; nil dials the server startLoad
+	// is given, over plain TCP. The mesh scenarios put each party on a
+	// node of its own, over TLS. A load with its own dial also waits
+	// until a packet from every sender has reached each of its receivers
+	// before it starts: across a mesh a new key takes a moment to be
+	// announced to the other nodes.
+	dial func(party) (*rawClient, error)
 }
+
+// party is a role in a load.
+type party int
+
+const (
+	partySender party = iota
+	partyReceiver
+	partySide
+	partyStalled
+)
 
 // load is a running loadSpec.
 type load struct {
-	spec      loadSpec
-	senders   []*sender
-	receivers []*rawClient
-	stalled   *rawClient
-	packets   atomic.Int64 // delivered to healthy receivers
-	bytes     atomic.Int64
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	rwg       sync.WaitGroup
+	spec        loadSpec
+	senders     []*sender
+	receivers   []*rawClient
+	sides       []*rawClient // side receivers, one per pair, if sidePer > 0
+	stalled     *rawClient
+	packets     atomic.Int64 // delivered to healthy receivers
+	bytes       atomic.Int64
+	sidePackets atomic.Int64 // delivered to side receivers
+	sideBytes   atomic.Int64
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	rwg         sync.WaitGroup
 }
 
 func startLoad(addr string, spec loadSpec) (*load, error) {
+	if spec.stalledPer > 0 && spec.sidePer > 0 {
+		return nil, errors.New("a load has a stalled receiver or side receivers, not both")
+	}
 	l := &load{spec: spec, stop: make(chan struct{})}
+	dial := spec.dial
+	if dial == nil {
+		dial = func(party) (*rawClient, error) { return dialRaw(addr) }
+	}
 	var err error
 	if spec.stalledPer > 0 {
-		if l.stalled, err = dialRaw(addr); err != nil {
+		if l.stalled, err = dial(partyStalled); err != nil {
 			return nil, err
 		}
 		if tc, ok := l.stalled.conn.(*net.TCPConn); ok {
@@ -260,34 +301,45 @@ func startLoad(addr string, spec loadSpec) (*load, error) {
 		}
 	}
 	for range spec.pairs {
-		snd, err := dialRaw(addr)
+		snd, err := dial(partySender)
 		if err != nil {
 			l.close()
 			return nil, err
 		}
-		rcv, err := dialRaw(addr)
+		// The sender is in l before its receivers are dialled, so that a
+		// failed dial closes it too.
+		s := &sender{rc: snd}
+		l.senders = append(l.senders, s)
+		rcv, err := dial(partyReceiver)
 		if err != nil {
-			snd.Close()
 			l.close()
 			return nil, err
 		}
+		l.receivers = append(l.receivers, rcv)
 		pattern := []wire.NodePublic{rcv.pub}
-		if spec.stalledPer > 0 {
+		if every, other := max(spec.stalledPer, spec.sidePer), l.stalled; every > 0 {
+			if spec.sidePer > 0 {
+				side, err := dial(partySide)
+				if err != nil {
+					l.close()
+					return nil, err
+				}
+				l.sides = append(l.sides, side)
+				other = side
+			}
 			pattern = nil
-			for i := range spec.stalledPer {
-				if i == spec.stalledPer-1 {
-					pattern = append(pattern, l.stalled.pub)
+			for i := range every {
+				if i == every-1 {
+					pattern = append(pattern, other.pub)
 				} else {
 					pattern = append(pattern, rcv.pub)
 				}
 			}
 		}
-		s := &sender{rc: snd, pattern: sendPattern(pattern, spec.size), per: len(pattern)}
+		s.pattern, s.per = sendPattern(pattern, spec.size), len(pattern)
 		if spec.rate > 0 {
 			s.rate = spec.rate / float64(spec.pairs)
 		}
-		l.senders = append(l.senders, s)
-		l.receivers = append(l.receivers, rcv)
 	}
 	for _, r := range l.receivers {
 		l.rwg.Add(1)
@@ -296,13 +348,66 @@ func startLoad(addr string, spec loadSpec) (*load, error) {
 			r.receive(&l.packets, &l.bytes)
 		}()
 	}
-	// Let every receiver's registration settle before traffic starts.
-	time.Sleep(100 * time.Millisecond)
+	for _, r := range l.sides {
+		l.rwg.Add(1)
+		go func() {
+			defer l.rwg.Done()
+			r.receive(&l.sidePackets, &l.sideBytes)
+		}()
+	}
+	if spec.dial != nil {
+		if err := l.awaitPaths(15 * time.Second); err != nil {
+			l.close()
+			return nil, err
+		}
+	} else {
+		// Let every receiver's registration settle before traffic starts.
+		time.Sleep(100 * time.Millisecond)
+	}
 	for _, s := range l.senders {
 		l.wg.Add(1)
 		go s.run(l.stop, &l.wg)
 	}
 	return l, nil
+}
+
+// awaitPaths probes until every receiver (and side receiver) has got a
+// packet from its sender. The probes are counted as delivered, but they
+// arrive before any measured window starts.
+func (l *load) awaitPaths(limit time.Duration) error {
+	probe := func(to *rawClient) []byte { return sendPattern([]wire.NodePublic{to.pub}, 8) }
+	deadline := time.Now().Add(limit)
+	for {
+		waiting := 0
+		for i, s := range l.senders {
+			for _, to := range []*rawClient{l.receivers[i], l.sideOf(i)} {
+				if to == nil || to.got.Load() > 0 {
+					continue
+				}
+				waiting++
+				s.rc.conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_, err := s.rc.conn.Write(probe(to))
+				s.rc.conn.SetWriteDeadline(time.Time{})
+				if err != nil {
+					return fmt.Errorf("probing pair %d: %w", i, err)
+				}
+			}
+		}
+		if waiting == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d receivers got no packet from their senders within %v: no path across the mesh", waiting, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (l *load) sideOf(i int) *rawClient {
+	if i < len(l.sides) {
+		return l.sides[i]
+	}
+	return nil
 }
 
 func (l *load) sent() int64 {
@@ -324,6 +429,9 @@ func (l *load) close() {
 	}
 	l.wg.Wait()
 	for _, r := range l.receivers {
+		r.Close()
+	}
+	for _, r := range l.sides {
 		r.Close()
 	}
 	if l.stalled != nil {

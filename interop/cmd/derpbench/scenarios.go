@@ -39,14 +39,11 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 	}
 	time.Sleep(wait)
 	windowStarts(win)
-	pid := srv.Process().Pid
-	p0, b0, s0 := l.packets.Load(), l.bytes.Load(), l.sent()
-	cpu := startCPU(pid)
+	c0 := l.counts()
+	cpu := startCPU(srv.Process().Pid)
 	self := startCPU(selfPID)
-	t0 := time.Now()
 	time.Sleep(win)
-	dt := time.Since(t0).Seconds()
-	p1, b1, s1 := l.packets.Load(), l.bytes.Load(), l.sent()
+	c1 := l.counts()
 	if spec.stalledPer > 0 {
 		// Still 2 connections per pair and the stalled receiver?
 		m, err := srv.Metrics()
@@ -57,28 +54,59 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 			return nil, fmt.Errorf("%v connections at the end of the window, want %v: the stalled receiver was cut off during it", got, want)
 		}
 	}
+	m := l.figures(c0, c1)
+	m["server_cores"] = cpu.cores()
+	m["loadgen_cores"] = self.cores()
+	return m, nil
+}
+
+// loadCounts is a snapshot of what a load has written and delivered.
+type loadCounts struct {
+	at                     time.Time
+	packets, bytes, sent   int64
+	sidePackets, sideBytes int64
+}
+
+func (l *load) counts() loadCounts {
+	return loadCounts{at: time.Now(), packets: l.packets.Load(), bytes: l.bytes.Load(), sent: l.sent(),
+		sidePackets: l.sidePackets.Load(), sideBytes: l.sideBytes.Load()}
+}
+
+// figures are the delivery figures of a load between two snapshots.
+// delivered_ratio is the healthy receivers' share of what the load was
+// meant to offer them; packets for a stalled or side receiver are not in
+// its denominator.
+func (l *load) figures(c0, c1 loadCounts) metrics {
+	spec := l.spec
+	dt := c1.at.Sub(c0.at).Seconds()
 	m := metrics{
-		"server_cores":  cpu.cores(),
-		"loadgen_cores": self.cores(),
-		"delivered_pps": float64(p1-p0) / dt,
-		"goodput_mbps":  float64(b1-b0) * 8 / dt / 1e6,
-		"written_pps":   float64(s1-s0) / dt,
+		"delivered_pps": float64(c1.packets-c0.packets) / dt,
+		"goodput_mbps":  float64(c1.bytes-c0.bytes) * 8 / dt / 1e6,
+		"written_pps":   float64(c1.sent-c0.sent) / dt,
 		// What the server delivered of what it was actually given: below
 		// delivered_ratio's denominator when the load generator falls
 		// short of the offered rate.
-		"delivered_of_written": float64(p1-p0) / float64(max(1, s1-s0)),
+		"delivered_of_written": float64(c1.packets-c0.packets) / float64(max(1, c1.sent-c0.sent)),
 		"offered_pps":          spec.rate,
 		"pairs":                float64(spec.pairs),
 		"delivered_ratio":      0,
 	}
-	if spec.rate > 0 {
-		healthyShare := 1.0
-		if spec.stalledPer > 0 {
-			healthyShare = float64(spec.stalledPer-1) / float64(spec.stalledPer)
+	healthyShare := 1.0
+	if every := max(spec.stalledPer, spec.sidePer); every > 0 {
+		healthyShare = float64(every-1) / float64(every)
+	}
+	if spec.sidePer > 0 {
+		m["side_delivered_pps"] = float64(c1.sidePackets-c0.sidePackets) / dt
+		// Of everything written, healthy and side receivers together.
+		m["delivered_of_written"] = float64(c1.packets-c0.packets+c1.sidePackets-c0.sidePackets) / float64(max(1, c1.sent-c0.sent))
+		if spec.rate > 0 {
+			m["side_delivered_ratio"] = m["side_delivered_pps"] / (spec.rate / float64(spec.sidePer))
 		}
+	}
+	if spec.rate > 0 {
 		m["delivered_ratio"] = m["delivered_pps"] / (spec.rate * healthyShare)
 	}
-	return m, nil
+	return m
 }
 
 // latency measures round trips through Tailscale's own client library:
