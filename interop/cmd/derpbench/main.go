@@ -14,12 +14,12 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -199,6 +199,17 @@ func (b *bench) idleMemorySweep(scenario string, counts []int, opts harness.Opti
 // machine, and whatever the previous measurement left behind, affects
 // both alike.
 func (b *bench) measure(scenario string, params metrics, srvs map[harness.Kind]*harness.Server, f func(*harness.Server) (metrics, error)) {
+	nodes := map[harness.Kind][]*harness.Server{}
+	for k, s := range srvs {
+		nodes[k] = []*harness.Server{s}
+	}
+	b.measureNodes(scenario, params, nodes, func(k harness.Kind) (metrics, error) { return f(srvs[k]) })
+}
+
+// measureNodes is measure for servers of several processes each (the
+// nodes of a mesh region): f measures kind k, and the processes in nodes
+// are the ones profiled and whose output is shown when f fails.
+func (b *bench) measureNodes(scenario string, params metrics, nodes map[harness.Kind][]*harness.Server, f func(harness.Kind) (metrics, error)) {
 	for r := range b.rounds {
 		order := b.servers
 		if b.turns%2 == 1 {
@@ -206,14 +217,18 @@ func (b *bench) measure(scenario string, params metrics, srvs map[harness.Kind]*
 		}
 		b.turns++
 		for _, k := range order {
-			stopProf := b.profiler(srvs[k], scenario, params, r)
-			m, err := f(srvs[k])
+			stopProf := b.profiler(nodes[k], scenario, params, r)
+			m, err := f(k)
 			stopProf()
 			ru := run{Scenario: scenario, Server: k, Round: r, Params: params, Metrics: m}
 			if err != nil {
 				ru.Err = err.Error()
-				out := srvs[k].Output()
-				log.Printf("%s %v %s: %v\nserver output (tail):\n%s", scenario, params, k, err, out[max(0, len(out)-3000):])
+				var tails strings.Builder
+				for i, s := range nodes[k] {
+					out := s.Output()
+					fmt.Fprintf(&tails, "server output (node %d of %d, tail):\n%s\n", i+1, len(nodes[k]), out[max(0, len(out)-3000):])
+				}
+				log.Printf("%s %v %s: %v\n%s", scenario, params, k, err, tails.String())
 			}
 			b.runs = append(b.runs, ru)
 			log.Printf("%-10s %-6s %v %v", scenario, k, fmtParams(params), fmtMetrics(m))
@@ -364,27 +379,38 @@ func (b *bench) all() {
 	}
 }
 
-// capacitySweep measures delivered fraction at each offered rate. Once a
-// server delivers under 80% at two rates in a row, higher rates are
-// skipped for it: it is past capacity and the time is better spent
-// elsewhere.
+// capacitySweep measures delivered fraction at each offered rate on one
+// server per kind.
 func (b *bench) capacitySweep(scenario string, pairs int, rates []float64, srvs map[harness.Kind]*harness.Server) {
+	nodes := map[harness.Kind][]*harness.Server{}
+	for k, s := range srvs {
+		nodes[k] = []*harness.Server{s}
+	}
+	b.rateSweep(scenario, pairs, rates, nodes, func(k harness.Kind, rate float64) (metrics, error) {
+		return measureLoad(srvs[k], loadSpec{pairs: pairs, rate: rate, size: b.size})
+	})
+}
+
+// rateSweep measures point(k, rate) at each offered rate. Once a server
+// delivers under 80% at two rates in a row, higher rates are skipped for
+// it: it is past capacity and the time is better spent elsewhere.
+func (b *bench) rateSweep(scenario string, pairs int, rates []float64, nodes map[harness.Kind][]*harness.Server, point func(k harness.Kind, rate float64) (metrics, error)) {
 	failing := map[harness.Kind]int{}
 	for _, rate := range rates {
-		live := map[harness.Kind]*harness.Server{}
-		for k, s := range srvs {
+		live := map[harness.Kind]bool{}
+		for _, k := range b.servers {
 			if failing[k] < 2 {
-				live[k] = s
+				live[k] = true
 			}
 		}
 		if len(live) == 0 {
 			return
 		}
-		b.measure(scenario, metrics{"pairs": float64(pairs), "rate": rate}, srvs, func(s *harness.Server) (metrics, error) {
-			if live[s.Kind] == nil {
+		b.measureNodes(scenario, metrics{"pairs": float64(pairs), "rate": rate}, nodes, func(k harness.Kind) (metrics, error) {
+			if !live[k] {
 				return nil, fmt.Errorf("skipped: past capacity")
 			}
-			return measureLoad(s, loadSpec{pairs: pairs, rate: rate, size: b.size})
+			return point(k, rate)
 		})
 		for k := range live {
 			// Past capacity means the server loses what it is given, not
@@ -479,45 +505,53 @@ const benchHostname = "derp.bench.test"
 // of the profile.
 var windowStarts = func(time.Duration) {}
 
-// profiler arms windowStarts for one measurement of srv, when -pprof is
-// set, and returns a function that waits for the profile to be saved.
-func (b *bench) profiler(srv *harness.Server, scenario string, params metrics, round int) (wait func()) {
-	if !b.pprof {
+// profiler arms windowStarts for one measurement of srvs (one server, or
+// the nodes of a region), when -pprof is set, and returns a function that
+// waits for the profiles to be saved.
+func (b *bench) profiler(srvs []*harness.Server, scenario string, params metrics, round int) (wait func()) {
+	if !b.pprof || len(srvs) == 0 {
 		windowStarts = func(time.Duration) {}
 		return func() {}
 	}
 	dir := filepath.Join(b.outDir, "pprof")
 	os.MkdirAll(dir, 0o755)
-	name := fmt.Sprintf("%s-%s-%s-r%d.prof", scenario, srv.Kind, strings.ReplaceAll(fmtParams(params), " ", "_"), round)
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	started := false
 	windowStarts = func(d time.Duration) {
 		if started {
 			return
 		}
 		started = true
-		go func() {
-			defer close(done)
-			secs := max(1, int(d.Seconds()))
-			res, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", srv.Addr(), secs))
-			if err != nil {
-				log.Printf("pprof %s: %v", srv.Kind, err)
-				return
+		for i, srv := range srvs {
+			kind := string(srv.Kind)
+			if len(srvs) > 1 {
+				kind = fmt.Sprintf("%s-node%d", srv.Kind, i+1)
 			}
-			defer res.Body.Close()
-			f, err := os.Create(filepath.Join(dir, name))
-			if err != nil {
-				log.Print(err)
-				return
-			}
-			io.Copy(f, res.Body)
-			f.Close()
-		}()
+			name := fmt.Sprintf("%s-%s-%s-r%d.prof", scenario, kind, strings.ReplaceAll(fmtParams(params), " ", "_"), round)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				secs := max(1, int(d.Seconds()))
+				// The server's own client: the mesh nodes speak only
+				// HTTPS.
+				res, err := srv.HTTPClient().Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.BaseURL(), secs))
+				if err != nil {
+					log.Printf("pprof %s: %v", kind, err)
+					return
+				}
+				defer res.Body.Close()
+				f, err := os.Create(filepath.Join(dir, name))
+				if err != nil {
+					log.Print(err)
+					return
+				}
+				io.Copy(f, res.Body)
+				f.Close()
+			}()
+		}
 	}
 	return func() {
 		windowStarts = func(time.Duration) {}
-		if started {
-			<-done
-		}
+		wg.Wait()
 	}
 }
