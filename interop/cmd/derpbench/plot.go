@@ -18,8 +18,8 @@ var serverColors = map[harness.Kind]color.Color{
 	harness.Derper: color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
 }
 
-// plots draws delivered-vs-offered for the main capacity sweep and the
-// scaling curves, one line per server.
+// plots draws delivered-vs-offered for the main capacity sweep, the mesh
+// sweep and the scaling curves, one line per server.
 func (b *bench) plots() error {
 	if b.hasScenario("capacity") {
 		if err := b.linePlot("capacity.png", fmt.Sprintf("Delivered vs offered load, 20 pairs, %d-byte packets", b.size),
@@ -30,6 +30,18 @@ func (b *bench) plots() error {
 		if err := b.linePlot("capacity-cpu.png", "Server CPU vs offered load, 20 pairs",
 			"offered (thousand packets/s)", "server CPU (cores)",
 			func(k harness.Kind) plotter.XYs { return b.sweep("capacity", 20, k, "server_cores") }, false); err != nil {
+			return err
+		}
+	}
+	if b.hasScenario("mesh") {
+		if err := b.linePlot("mesh-capacity.png", fmt.Sprintf("Across the mesh: delivered vs offered, %d pairs node 1 → node 2, TLS", meshPairs),
+			"offered (thousand packets/s)", "delivered (thousand packets/s)",
+			func(k harness.Kind) plotter.XYs { return b.sweep("mesh", meshPairs, k, "delivered_pps") }, true); err != nil {
+			return err
+		}
+		if err := b.linePlot("mesh-capacity-cpu.png", "Across the mesh: CPU of both nodes vs offered load",
+			"offered (thousand packets/s)", "server CPU, both nodes (cores)",
+			func(k harness.Kind) plotter.XYs { return b.sweep("mesh", meshPairs, k, "server_cores") }, false); err != nil {
 			return err
 		}
 	}

@@ -15,6 +15,7 @@ type row struct {
 	goal           string  // e.g. "≥ 3×"
 	goalRatio      float64 // 0: no goal
 	higherIsBetter bool
+	derpdAtLeast   float64 // > 0: a goal on derpd's own figure, not the ratio
 }
 
 func (b *bench) table() string {
@@ -112,6 +113,7 @@ func (b *bench) table() string {
 			return b.median("handshakes", k, metrics{"workers": 8}, "handshakes_per_sec")
 		})
 	}
+	rows = append(rows, b.meshRows()...)
 	if b.hasScenario("scaling") {
 		for _, n := range []int{1, 10, 100, 1000} {
 			if !b.hasPairs("scaling", float64(n)) {
@@ -139,6 +141,9 @@ func (b *bench) table() string {
 				ok = ratio <= r.goalRatio
 			}
 			met = map[bool]string{true: "yes", false: "NO"}[ok]
+		}
+		if r.derpdAtLeast > 0 && r.derpd >= 0 {
+			met = map[bool]string{true: "yes", false: "NO"}[r.derpd >= r.derpdAtLeast]
 		}
 		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.unit, num(r.derpd), num(r.derper), ratioStr(ratio), r.goal, met)
 	}
@@ -194,4 +199,65 @@ func (b *bench) hasPairs(s string, n float64) bool {
 		}
 	}
 	return false
+}
+
+// meshRows are the mesh scenarios' figures.
+func (b *bench) meshRows() []row {
+	var rows []row
+	add := func(name, unit, goal string, goalRatio float64, higher bool, f func(k harness.Kind) float64) *row {
+		rows = append(rows, row{name: name, derpd: f(harness.Derpd), derper: f(harness.Derper), unit: unit, goal: goal, goalRatio: goalRatio, higherIsBetter: higher})
+		return &rows[len(rows)-1]
+	}
+	mbps := func(pps float64) float64 { return pps * float64(b.size) * 8 / 1e6 }
+	if b.hasScenario("mesh") {
+		zl := func(k harness.Kind) float64 { return b.zeroLossCapacity("mesh", meshPairs, k) }
+		add(fmt.Sprintf("mesh: cross-node zero-loss capacity, %d pairs, node 1 → node 2", meshPairs), "packets/s", "≥ 5×", 5, true, zl)
+		add("  same, as goodput", "Mbit/s", "", 0, true, func(k harness.Kind) float64 { return mbps(zl(k)) })
+		add("  peak delivered cross-node", "packets/s", "", 0, true, func(k harness.Kind) float64 { return b.peak("mesh", meshPairs, k, "delivered_pps") })
+		p := metrics{"pairs": meshPairs, "rate": meshCPURate}
+		if b.hasPoint("mesh", p) {
+			at := fmt.Sprintf("%gk packets/s cross-node", meshCPURate/1e3)
+			add("mesh: server CPU at "+at+", both nodes", "cores", "", 0, false, func(k harness.Kind) float64 { return b.median("mesh", k, p, "server_cores") })
+			add("  node 1 (senders' node)", "cores", "", 0, false, func(k harness.Kind) float64 { return b.median("mesh", k, p, "node1_cores") })
+			add("  node 2 (receivers' node)", "cores", "", 0, false, func(k harness.Kind) float64 { return b.median("mesh", k, p, "node2_cores") })
+			add("  delivered at "+at, "%", "", 0, true, func(k harness.Kind) float64 { return 100 * b.median("mesh", k, p, "delivered_ratio") })
+		}
+	}
+	if b.hasScenario("mesh-slow") {
+		point := func(slow float64) metrics { return metrics{"pairs": meshPairs, "rate": slowRate, "slow": slow} }
+		labels := map[float64]string{
+			0:             "node 3 responsive",
+			slowPaused:    fmt.Sprintf("node 3 paused %v of every %v", slowNode.stopped, slowNode.period),
+			slowThrottled: fmt.Sprintf("node 3 reads node 1's link at %g MiB/s", float64(slowLinkRate)/(1<<20)),
+		}
+		for _, slow := range []float64{0, slowPaused, slowThrottled} {
+			p := point(slow)
+			if !b.hasPoint("mesh-slow", p) {
+				continue
+			}
+			add(fmt.Sprintf("mesh: healthy flows node 1 → node 2 delivered, %s", labels[slow]), "%", "", 0, true, func(k harness.Kind) float64 {
+				return 100 * b.median("mesh-slow", k, p, "delivered_ratio")
+			})
+			if slow == 0 {
+				continue
+			}
+			add("  same, slow / responsive", "%", "derpd ≥ 99%", 0, true, func(k harness.Kind) float64 {
+				fast := b.median("mesh-slow", k, point(0), "delivered_ratio")
+				if fast <= 0 {
+					return -1
+				}
+				return 100 * b.median("mesh-slow", k, p, "delivered_ratio") / fast
+			}).derpdAtLeast = 99
+			add("  flows to node 3 delivered", "%", "", 0, true, func(k harness.Kind) float64 {
+				return 100 * b.median("mesh-slow", k, p, "side_delivered_ratio")
+			})
+			add("  dropped by node 1's link to node 3 (only derpd counts)", "packets/s", "", 0, false, func(k harness.Kind) float64 {
+				return b.median("mesh-slow", k, p, "link_dropped_pps")
+			})
+			add("  server CPU, all three nodes", "cores", "", 0, false, func(k harness.Kind) float64 {
+				return b.median("mesh-slow", k, p, "server_cores")
+			})
+		}
+	}
+	return rows
 }
