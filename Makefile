@@ -1,9 +1,9 @@
 # The one test command (README, CI): every package of the main module with
 # the race detector, then the interop suite that drives derpd with
-# Tailscale's own client library.
-.PHONY: test test-main test-interop test-interop-upstream fuzz bench
+# Tailscale's own client library, then a region of containers.
+.PHONY: test test-main test-interop test-interop-upstream test-cluster fuzz bench
 
-test: test-main test-interop test-interop-upstream
+test: test-main test-interop test-interop-upstream test-cluster
 
 test-main:
 	go vet ./...
@@ -21,12 +21,21 @@ test-interop:
 test-interop-upstream:
 	cd interop && DERPD_INTEROP_TARGET=derper go test $(INTEROP_TAGS) -count=1 ./...
 
+# A region of three derpd nodes and upstream derper, each in a Docker
+# container, meshed by DNS on a private network: cut, kill, join
+# (interop/cluster). It needs a Docker engine and fails, not skips, when
+# there is none; without DERPD_CLUSTER=1 the package skips, so the
+# targets above do not run it.
+test-cluster:
+	cd interop && DERPD_CLUSTER=1 go test -race -count=1 -timeout 10m ./cluster/
+
 # Longer fuzzing than the seed corpora that `make test` runs.
 FUZZTIME ?= 30s
 fuzz:
 	go test -run=XXX -fuzz=FuzzReader -fuzztime=$(FUZZTIME) ./wire/
 	go test -run=XXX -fuzz=FuzzParseClientInfo -fuzztime=$(FUZZTIME) ./wire/
 	go test -run=XXX -fuzz=FuzzParseBindingRequest -fuzztime=$(FUZZTIME) ./stun/
+	go test -run=XXX -fuzz=FuzzLinkFrames -fuzztime=$(FUZZTIME) ./actors/mesh/
 
 bench:
 	go test -run=XXX -bench=. -benchmem ./wire/ ./actors/... ./stun/

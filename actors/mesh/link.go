@@ -50,6 +50,10 @@ type Config struct {
 
 	QueueDepth int    // per link; 0 means DefaultQueueDepth
 	Seed       uint64 // of the backoff jitter; 0 picks one at random
+
+	// testDial, when set, replaces the dial goroutine: a test decides
+	// when and how each attempt ends by calling finish.
+	testDial func(ctx context.Context, t Target, gen uint64, finish func(*peerConn, error))
 }
 
 // Status is where a link is in its life.
@@ -233,13 +237,17 @@ func (l *link) connect() {
 	ctx, cancel := context.WithCancel(context.Background())
 	l.dialing, l.dialCancel = true, cancel
 	l.setStatus(StatusConnecting)
-	self, sys, cfg, t := l.self, l.sys, l.cfg, l.t
-	go func() {
-		pc, err := dialPeer(ctx, cfg, t)
+	self, sys, cfg, t, results := l.self, l.sys, l.cfg, l.t, l.dialResult
+	finish := func(pc *peerConn, err error) {
 		cancel()
-		l.dialResult <- dialOutcome{gen: gen, pc: pc, err: err}
+		results <- dialOutcome{gen: gen, pc: pc, err: err}
 		sys.Send(self, &dialFinished{gen: gen})
-	}()
+	}
+	if cfg.testDial != nil {
+		cfg.testDial(ctx, t, gen, finish)
+		return
+	}
+	go func() { finish(dialPeer(ctx, cfg, t)) }()
 }
 
 func (l *link) dialed(ctx actor.Context, out dialOutcome) {

@@ -31,6 +31,10 @@ type DNS struct {
 	Port     int
 	Interval time.Duration // 0 means DefaultDNSInterval
 	Resolver Resolver
+
+	// syncLookup makes the manager ask Resolver on its own goroutine, so
+	// that a test's answer arrives in the same step.
+	syncLookup bool
 }
 
 // Messages of the manager.
@@ -151,12 +155,17 @@ func (m *manager) add(ctx actor.Context, t Target) {
 // lookup resolves the -mesh-dns name on a goroutine of its own.
 func (m *manager) lookup() {
 	self, sys, dns := m.self, m.sys, m.dns
-	go func() {
+	ask := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
 		addrs, err := dns.Resolver.LookupNetIP(ctx, "ip", dns.Name)
 		cancel()
 		sys.Send(self, &resolved{addrs: addrs, err: err})
-	}()
+	}
+	if dns.syncLookup {
+		ask()
+		return
+	}
+	go ask()
 }
 
 // apply makes the DNS links match an answer: one per address, added and

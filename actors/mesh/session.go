@@ -49,7 +49,8 @@ type session struct {
 	closeOnce sync.Once
 	readDone  chan struct{} // closed when the reader has exited
 
-	rtt atomic.Int64 // nanoseconds, from the last Pong; 0 until one came
+	rtt    atomic.Int64 // nanoseconds, from the last Pong; 0 until one came
+	health string       // reader only: the peer's last Health text
 }
 
 func newSession(sys *actors.System, link *actor.PID, pc *peerConn, depth int, log zerolog.Logger) *session {
@@ -125,83 +126,92 @@ func (s *session) readLoop() error {
 		if err != nil {
 			return s.explain(err, heard)
 		}
-		switch t {
-		case wire.FramePeerPresent, wire.FramePeerGone:
-			if n < wire.KeyLen {
-				// Receivers drop such bodies (spec 2.4.8/9).
-				if err := rd.Discard(int(n)); err != nil {
-					return err
-				}
-				continue
+		u, ok, err := s.readFrame(rd, t, n)
+		if err != nil {
+			return s.explain(err, heard)
+		}
+		if !ok {
+			continue
+		}
+		batch = append(batch, u)
+		heard++
+		if len(batch) >= maxUpdateBatch {
+			if err := s.deliver(batch); err != nil {
+				return err
 			}
-			k, err := rd.ReadKey()
+			batch = nil
+		}
+	}
+}
+
+// readFrame reads the body of one frame of type t and length n from the
+// peer. A PeerPresent or PeerGone is returned as an update (ok); a Pong
+// updates the round trip; everything else is read and dropped.
+func (s *session) readFrame(rd *wire.Reader, t wire.FrameType, n uint32) (u actors.MeshPeerUpdate, ok bool, err error) {
+	switch t {
+	case wire.FramePeerPresent, wire.FramePeerGone:
+		if n < wire.KeyLen {
+			// Receivers drop such bodies (spec 2.4.8 and 2.4.9).
+			return u, false, rd.Discard(int(n))
+		}
+		k, err := rd.ReadKey()
+		if err != nil {
+			return u, false, err
+		}
+		rest := int(n) - wire.KeyLen
+		if t == wire.FramePeerGone && rest > 0 {
+			b, err := rd.Next(1)
 			if err != nil {
-				return err
+				return u, false, err
 			}
-			var reason byte
-			if t == wire.FramePeerGone && n > wire.KeyLen {
-				b, err := rd.Next(1)
-				if err != nil {
-					return err
-				}
-				reason, n = b[0], n-1
-			}
-			if err := rd.Discard(int(n) - wire.KeyLen); err != nil {
-				return err
-			}
-			if t == wire.FramePeerGone && wire.PeerGoneReason(reason) == wire.PeerGoneNotHere {
+			rest--
+			if wire.PeerGoneReason(b[0]) == wire.PeerGoneNotHere {
 				// We forwarded a disco packet for k and the peer does not
 				// have it: forget the stale forwarder, as upstream does.
 				s.log.Debug().Str("key", k.ShortString()).Msg("peer says a key we forwarded to is not there")
 			}
-			batch = append(batch, actors.MeshPeerUpdate{Key: k, Present: t == wire.FramePeerPresent})
-			heard++
-			if len(batch) >= maxUpdateBatch {
-				if err := s.deliver(batch); err != nil {
-					return err
-				}
-				batch = nil
-			}
-		case wire.FramePong:
-			if n < wire.PingDataLen {
-				if err := rd.Discard(int(n)); err != nil {
-					return err
-				}
-				continue
-			}
-			b, err := rd.Next(wire.PingDataLen)
-			if err != nil {
-				return err
-			}
-			if sent := int64(binary.BigEndian.Uint64(b)); sent > 0 {
-				if d := s.clock.Now().UnixNano() - sent; d >= 0 {
-					s.rtt.Store(d)
-				}
-			}
-			if err := rd.Discard(int(n) - wire.PingDataLen); err != nil {
-				return err
-			}
-		case wire.FrameHealth:
-			b, err := rd.Next(min(int(n), 256))
-			if err != nil {
-				return err
-			}
-			msg := string(b)
-			if err := rd.Discard(int(n) - len(b)); err != nil {
-				return err
-			}
-			if msg == "" {
-				s.log.Info().Msg("peer reports it is healthy again")
-			} else {
-				s.log.Warn().Str("problem", msg).Msg("peer reports a health problem")
-			}
-		default:
-			// KeepAlive, Ping (we do not claim to ack pings), packets
-			// sent to this server's key, and types we do not know.
-			if err := rd.Discard(int(n)); err != nil {
-				return err
+		}
+		if err := rd.Discard(rest); err != nil {
+			return u, false, err
+		}
+		return actors.MeshPeerUpdate{Key: k, Present: t == wire.FramePeerPresent}, true, nil
+	case wire.FramePong:
+		if n < wire.PingDataLen {
+			return u, false, rd.Discard(int(n))
+		}
+		b, err := rd.Next(wire.PingDataLen)
+		if err != nil {
+			return u, false, err
+		}
+		if sent := int64(binary.BigEndian.Uint64(b)); sent > 0 {
+			if d := s.clock.Now().UnixNano() - sent; d >= 0 {
+				s.rtt.Store(d)
 			}
 		}
+		return u, false, rd.Discard(int(n) - wire.PingDataLen)
+	case wire.FrameHealth:
+		b, err := rd.Next(min(int(n), 256))
+		if err != nil {
+			return u, false, err
+		}
+		msg := string(b)
+		if err := rd.Discard(int(n) - len(b)); err != nil {
+			return u, false, err
+		}
+		if msg == s.health {
+			return u, false, nil // said already: a peer cannot flood the log
+		}
+		s.health = msg
+		if msg == "" {
+			s.log.Info().Msg("peer reports it is healthy again")
+		} else {
+			s.log.Warn().Str("problem", msg).Msg("peer reports a health problem")
+		}
+		return u, false, nil
+	default:
+		// KeepAlive, Ping (we do not claim to ack pings), packets sent
+		// to this server's key, and types we do not know.
+		return u, false, rd.Discard(int(n))
 	}
 }
 

@@ -65,3 +65,46 @@ func (m *cpuMeter) cores() float64 {
 	c, _ := cpuSeconds(m.pid)
 	return (c - m.cpu0) / time.Since(m.start).Seconds()
 }
+
+// machineBusy is the CPU time every process on the machine has used so
+// far (all of /proc/stat's time but idle and iowait), in seconds.
+func machineBusy() (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, fmt.Errorf("unexpected /proc/stat line %q", line)
+	}
+	busy := 0.0
+	for i, v := range f[1:] {
+		// guest and guest_nice (fields 9 and 10) are already in user and
+		// nice.
+		if i == 3 || i == 4 || i >= 8 {
+			continue // idle, iowait
+		}
+		x, _ := strconv.ParseFloat(v, 64)
+		busy += x
+	}
+	return busy / clockTicks, nil
+}
+
+// machineMeter measures the cores the whole machine used over an
+// interval, so that a measurement can say how much of the two cores went
+// to processes other than the servers and the load generator.
+type machineMeter struct {
+	start time.Time
+	busy0 float64
+}
+
+func startMachine() *machineMeter {
+	b, _ := machineBusy()
+	return &machineMeter{start: time.Now(), busy0: b}
+}
+
+func (m *machineMeter) cores() float64 {
+	b, _ := machineBusy()
+	return (b - m.busy0) / time.Since(m.start).Seconds()
+}

@@ -288,6 +288,7 @@ func measureMesh(r *harness.Region, spec loadSpec, slow slowdown) (metrics, erro
 		cpus = append(cpus, startCPU(n.Process().Pid))
 	}
 	self := startCPU(selfPID)
+	machine := startMachine()
 	if slow != nil {
 		slow.mark()
 	}
@@ -304,6 +305,11 @@ func measureMesh(r *harness.Region, spec loadSpec, slow slowdown) (metrics, erro
 	}
 	m["server_cores"] = total
 	m["loadgen_cores"] = self.cores()
+	// What else the machine did during the window: other processes, and
+	// any interrupt time not charged to one. A figure measured next to a
+	// busy neighbour says so here.
+	m["machine_cores"] = machine.cores()
+	m["other_cores"] = m["machine_cores"] - total - m["loadgen_cores"]
 	// The counters before the slowdown ends: a throttled link that opens
 	// up delivers its backlog at once.
 	v1, err := nodeCounters(r)
