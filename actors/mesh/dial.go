@@ -178,7 +178,10 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 	typ, n, err = rd.ReadHeader()
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			err = errors.New("the peer closed the connection before ServerInfo: it refused this server")
+			// A server refuses a client by closing before ServerInfo:
+			// its admission control did, or it took our WatchConns for
+			// an ordinary client's because its mesh key is not ours.
+			err = errors.New("the peer closed the connection before ServerInfo: it refused this server (admission control, or a mesh key other than ours)")
 		}
 		return fail(fmt.Errorf("reading ServerInfo: %w", err))
 	}

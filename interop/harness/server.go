@@ -131,6 +131,9 @@ type Server struct {
 	exitErr error
 	asked   atomic.Bool // someone asked the server to stop
 	killed  atomic.Bool // it had to be killed
+
+	httpOnce sync.Once
+	http     *http.Client
 }
 
 // syncBuffer collects process output from two pipes.
@@ -344,13 +347,18 @@ func (s *Server) BaseURL() string {
 // HTTPClient talks to the server's main listener: over TLS it sends the
 // configured host name as SNI (the server refuses others) and does not
 // verify the chain (tests that care verify it themselves).
+// It is one client per server, so polling a metric reuses one
+// connection instead of leaving an idle one behind per request.
 func (s *Server) HTTPClient() *http.Client {
 	if !s.TLS() {
 		return http.DefaultClient
 	}
-	return &http.Client{Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{ServerName: s.Opts.Hostname, InsecureSkipVerify: true},
-	}}
+	s.httpOnce.Do(func() {
+		s.http = &http.Client{Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{ServerName: s.Opts.Hostname, InsecureSkipVerify: true},
+		}}
+	})
+	return s.http
 }
 func (s *Server) Output() string       { return s.out.String() }
 func (s *Server) Process() *os.Process { return s.cmd.Process }
