@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/derpd/derpd/interop/harness"
@@ -222,6 +223,10 @@ func (b *bench) meshRows() []row {
 			add("  node 2 (receivers' node)", "cores", "", 0, false, func(k harness.Kind) float64 { return b.median("mesh", k, p, "node2_cores") })
 			add("  delivered at "+at, "%", "", 0, true, func(k harness.Kind) float64 { return 100 * b.median("mesh", k, p, "delivered_ratio") })
 		}
+		// The machine is not the benchmark's alone: CPU that went to
+		// other processes during the windows, median over the sweep's
+		// measurements of each server.
+		add("  other work on the machine during the sweep, median", "cores", "", 0, false, func(k harness.Kind) float64 { return b.scenarioMedian("mesh", k, "other_cores") })
 	}
 	if b.hasScenario("mesh-slow") {
 		point := func(slow float64) metrics { return metrics{"pairs": meshPairs, "rate": slowRate, "slow": slow} }
@@ -260,4 +265,22 @@ func (b *bench) meshRows() []row {
 		}
 	}
 	return rows
+}
+
+// scenarioMedian is the median of metric over every measurement of a
+// scenario and server, whatever its parameters.
+func (b *bench) scenarioMedian(scenario string, k harness.Kind, metric string) float64 {
+	var vs []float64
+	for _, r := range b.runs {
+		if r.Scenario == scenario && r.Server == k && r.Err == "" {
+			if v, ok := r.Metrics[metric]; ok {
+				vs = append(vs, v)
+			}
+		}
+	}
+	if len(vs) == 0 {
+		return -1
+	}
+	slices.Sort(vs)
+	return vs[len(vs)/2]
 }
