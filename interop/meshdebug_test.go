@@ -21,6 +21,7 @@ type meshLinkView struct {
 	ForwardedIn  int64            `json:"forwarded_in"`
 	QueueDepth   int              `json:"queue_depth"`
 	Dropped      map[string]int64 `json:"dropped"`
+	RTTMillis    float64          `json:"rtt_ms"`
 }
 
 // meshView is derpd's /debug/mesh?format=json, the parts tests read.

@@ -137,6 +137,17 @@ func TestMeshWithUpstreamDerper(t *testing.T) {
 	c.Sync(t)
 
 	n0 := r.Nodes[0]
+	if n0.Kind == harness.Derpd {
+		// derpd's link pings its peer to tell a dead one from a quiet
+		// one; derper must answer, or the link would not stay up.
+		deadline := time.Now().Add(harness.Wait)
+		for l := linkTo(t, n0.Server, r.Nodes[1].Name); l.RTTMillis == 0; l = linkTo(t, n0.Server, r.Nodes[1].Name) {
+			if l.State != "up" || l.Sessions != 1 || time.Now().After(deadline) {
+				t.Fatalf("link to derper: %+v, want it up on its first session with a round trip from a Pong", l)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	if got := n0.Metric(t, "derp_packets_forwarded_out"); got < 2 {
 		t.Errorf("%s forwarded_out = %v, want at least 2", n0.Kind, got)
 	}
