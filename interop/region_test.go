@@ -334,11 +334,13 @@ func TestMeshWrongMeshKeyIsRefused(t *testing.T) {
 }
 
 // -mesh-dns: the region is whatever a DNS name resolves to, here three
-// nodes on 127.0.0.2–4 sharing one port and one name, answered by a DNS
-// server the test controls. Nodes link to each address of the answer
-// (their own recognised by key), add a link when an address appears,
-// remove it when one goes (its keys leave with it), and keep what they
-// have when the lookup fails.
+// nodes on 127.0.0.2–4 sharing one port, answered by a DNS server the test
+// controls. As in a Kubernetes deployment, the name that lists the
+// members (members.test) is not the one their certificate is for
+// (region.test, the clients' host name). Nodes link to each address of
+// the answer (their own recognised by key), add a link when an address
+// appears, remove it when one goes (its keys leave with it), and keep
+// what they have when the lookup fails.
 func TestMeshDNSMembership(t *testing.T) {
 	if harness.TargetFromEnv() != harness.Derpd {
 		t.Skip("-mesh-dns is derpd's; upstream derper only has the static -mesh-with")
@@ -351,9 +353,10 @@ func TestMeshDNSMembership(t *testing.T) {
 	for i, n := range r.Nodes {
 		n.Name, n.Host, n.Port = name, ips[i].String(), port
 	}
-	dns := startDNS(t, name, ips[0], ips[1])
-	args := []string{"-mesh-dns", name + ":" + strconv.Itoa(port), "-mesh-dns-interval", "100ms", "-mesh-dns-resolver", dns.Addr()}
-	link := func(n int, ip netip.Addr) string { return name + "/" + ip.String() }
+	const members = "members.test"
+	dns := startDNS(t, members, ips[0], ips[1])
+	args := []string{"-mesh-dns", name + ":" + strconv.Itoa(port) + "/" + members, "-mesh-dns-interval", "100ms", "-mesh-dns-resolver", dns.Addr()}
+	link := func(n int, ip netip.Addr) string { return members + "/" + ip.String() }
 
 	r.start(0, args...)
 	r.start(1, args...)

@@ -25,9 +25,10 @@ type Resolver interface {
 }
 
 // DNS is a -mesh-dns membership: one link per address Name resolves to,
-// each verified for Name and dialled at its address on Port.
+// each verified for TLSName and dialled at its address on Port.
 type DNS struct {
-	Name     string
+	Name     string // looked up
+	TLSName  string // verified in the peers' certificates; Name if empty
 	Port     int
 	Interval time.Duration // 0 means DefaultDNSInterval
 	Resolver Resolver
@@ -108,6 +109,9 @@ func SpawnManager(sys *actors.System, cfg *Config, static []Target, dns *DNS) *a
 	if dns != nil {
 		if dns.Interval <= 0 {
 			dns.Interval = DefaultDNSInterval
+		}
+		if dns.TLSName == "" {
+			dns.TLSName = dns.Name
 		}
 		m.state = DNSState{Name: dns.Name, Port: dns.Port, Interval: dns.Interval}
 	}
@@ -192,7 +196,7 @@ func (m *manager) apply(ctx actor.Context, r *resolved) {
 
 	want := map[string]Target{}
 	for _, a := range addrs {
-		t := DNSTarget(m.dns.Name, m.dns.Port, a)
+		t := m.dns.target(a)
 		want[t.Name] = t
 	}
 	for _, name := range m.sortedNames() {
@@ -205,7 +209,7 @@ func (m *manager) apply(ctx actor.Context, r *resolved) {
 		delete(m.links, name)
 	}
 	for _, a := range addrs {
-		t := DNSTarget(m.dns.Name, m.dns.Port, a)
+		t := m.dns.target(a)
 		if _, ok := m.links[t.Name]; ok {
 			continue
 		}

@@ -106,24 +106,49 @@ func parseEntry(entry string) (Target, error) {
 	return t, nil
 }
 
-// ParseMeshDNS parses -mesh-dns NAME[:port].
-func ParseMeshDNS(s string) (name string, port int, err error) {
-	name, port, err = splitHostPort(strings.TrimSpace(s))
+// ParseMeshDNS parses -mesh-dns [TLSNAME[:port]/]NAME or NAME[:port]:
+// links go to every address NAME resolves to, on the port (443 unless
+// given), each verified for TLSNAME, or for NAME when there is none. The
+// TLS name form is for a certificate that names the servers' public host
+// name rather than the name that lists them (a Kubernetes headless
+// service's, say), as -mesh-with's host/dialhost is. Interval and
+// Resolver are left for the caller.
+func ParseMeshDNS(s string) (DNS, error) {
+	s = strings.TrimSpace(s)
+	parts := strings.Split(s, "/")
+	var d DNS
+	var err error
+	switch len(parts) {
+	case 1:
+		d.Name, d.Port, err = splitHostPort(parts[0])
+		d.TLSName = d.Name
+	case 2:
+		d.TLSName, d.Port, err = splitHostPort(parts[0])
+		if err == nil {
+			d.Name = parts[1]
+			err = validHost(d.Name)
+			if err == nil && strings.Contains(d.Name, ":") {
+				err = errors.New("the name to look up takes no port (put it on the TLS name)")
+			}
+		}
+	default:
+		err = errors.New("too many '/' (want [tlsname[:port]/]name or name[:port])")
+	}
+	if err == nil && isIP(d.Name) {
+		err = errors.New("want a DNS name to look up, not an address (use -mesh-with for a fixed peer)")
+	}
 	if err != nil {
-		return "", 0, fmt.Errorf("-mesh-dns %q: %w", s, err)
+		return DNS{}, fmt.Errorf("-mesh-dns %q: %w", s, err)
 	}
-	if isIP(name) {
-		return "", 0, fmt.Errorf("-mesh-dns %q: want a DNS name, not an address (use -mesh-with for a fixed peer)", s)
-	}
-	return name, port, nil
+	return d, nil
 }
 
-// DNSTarget is the link to one address of a -mesh-dns name.
-func DNSTarget(name string, port int, ip netip.Addr) Target {
+// target is the link to one address of the name.
+func (d *DNS) target(ip netip.Addr) Target {
 	return Target{
-		Name:     name + "/" + ip.String(),
-		Host:     name,
-		Port:     port,
+		Name:     d.Name + "/" + ip.String(),
+		Host:     d.TLSName,
+		Port:     d.Port,
 		DialHost: ip.String(),
 		FromDNS:  true,
 	}

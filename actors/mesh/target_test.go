@@ -60,7 +60,7 @@ func TestTargetAddresses(t *testing.T) {
 		{Target{Host: "derp.example.com", Port: 443}, "derp.example.com:443", "derp.example.com", "https://derp.example.com/derp"},
 		{Target{Host: "derp.example.com", Port: 8443, DialHost: "10.0.0.2"}, "10.0.0.2:8443", "derp.example.com:8443", "https://derp.example.com:8443/derp"},
 		{Target{Host: "2001:db8::1", Port: 443}, "[2001:db8::1]:443", "[2001:db8::1]", "https://[2001:db8::1]/derp"},
-		{DNSTarget("derp.svc", 443, netip.MustParseAddr("10.1.2.3")), "10.1.2.3:443", "derp.svc", "https://derp.svc/derp"},
+		{(&DNS{Name: "derp.svc", TLSName: "derp.example.com", Port: 443}).target(netip.MustParseAddr("10.1.2.3")), "10.1.2.3:443", "derp.example.com", "https://derp.example.com/derp"},
 	} {
 		if got := c.t.DialAddr(); got != c.dial {
 			t.Errorf("%+v DialAddr = %q, want %q", c.t, got, c.dial)
@@ -72,20 +72,28 @@ func TestTargetAddresses(t *testing.T) {
 			t.Errorf("%+v URL = %q, want %q", c.t, got, c.urlStr)
 		}
 	}
-	if tg := DNSTarget("derp.svc", 8443, netip.MustParseAddr("10.1.2.3")); tg.Name != "derp.svc/10.1.2.3" || !tg.FromDNS {
+	if tg := (&DNS{Name: "derp.svc", TLSName: "derp.svc", Port: 8443}).target(netip.MustParseAddr("10.1.2.3")); tg.Name != "derp.svc/10.1.2.3" || !tg.FromDNS || tg.Port != 8443 {
 		t.Errorf("DNSTarget = %+v", tg)
 	}
 }
 
 func TestParseMeshDNS(t *testing.T) {
-	if n, p, err := ParseMeshDNS("derp.default.svc.cluster.local"); err != nil || n != "derp.default.svc.cluster.local" || p != 443 {
-		t.Errorf("got %q %d %v", n, p, err)
+	for _, c := range []struct {
+		in, name, tls string
+		port          int
+	}{
+		{"derp.default.svc.cluster.local", "derp.default.svc.cluster.local", "derp.default.svc.cluster.local", 443},
+		{"derp.svc:8443", "derp.svc", "derp.svc", 8443},
+		{"derp.example.com/derp-mesh.ns.svc", "derp-mesh.ns.svc", "derp.example.com", 443},
+		{"derp.example.com:8443/derp-mesh.ns.svc", "derp-mesh.ns.svc", "derp.example.com", 8443},
+	} {
+		d, err := ParseMeshDNS(c.in)
+		if err != nil || d.Name != c.name || d.TLSName != c.tls || d.Port != c.port {
+			t.Errorf("ParseMeshDNS(%q) = %+v, %v; want name %q, TLS name %q, port %d", c.in, d, err, c.name, c.tls, c.port)
+		}
 	}
-	if n, p, err := ParseMeshDNS("derp.svc:8443"); err != nil || n != "derp.svc" || p != 8443 {
-		t.Errorf("got %q %d %v", n, p, err)
-	}
-	for _, bad := range []string{"", "10.0.0.1", "[::1]:443", "derp.svc:x"} {
-		if _, _, err := ParseMeshDNS(bad); err == nil {
+	for _, bad := range []string{"", "10.0.0.1", "[::1]:443", "derp.svc:x", "a/b/c", "derp.example.com/derp.svc:443", "derp.example.com/10.0.0.1"} {
+		if _, err := ParseMeshDNS(bad); err == nil {
 			t.Errorf("ParseMeshDNS(%q) accepted", bad)
 		}
 	}

@@ -105,7 +105,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.tcpWriteTimeout, "tcp-write-timeout", 2*time.Second, "how long a write to a client may block before the client is disconnected as stalled (mesh peers get 30s); 0 disables it")
 	fs.BoolVar(&o.ace, "ace", false, "enable the experimental CONNECT proxy")
 
-	fs.StringVar(&o.meshDNS, "mesh-dns", "", "NAME[:port]: mesh with every address NAME resolves to (a Kubernetes headless service, a DNS round-robin name), each verified for NAME, re-resolved every -mesh-dns-interval; our own addresses are recognised by key")
+	fs.StringVar(&o.meshDNS, "mesh-dns", "", "[TLSNAME[:port]/]NAME or NAME[:port]: mesh with every address NAME resolves to (a Kubernetes headless service, a DNS round-robin name), each verified for TLSNAME (NAME if not given), re-resolved every -mesh-dns-interval; our own addresses are recognised by key")
 	fs.DurationVar(&o.meshDNSInterval, "mesh-dns-interval", mesh.DefaultDNSInterval, "how often -mesh-dns looks its name up again")
 	fs.StringVar(&o.meshDNSResolver, "mesh-dns-resolver", "", "host:port of the DNS server -mesh-dns asks; empty means the system's resolver")
 	fs.IntVar(&o.meshMaxPeerKeys, "mesh-max-peer-keys", registry.DefaultMaxSessionKeys, "most client keys one mesh peer may announce; more are ignored and counted (derpd_mesh_keys_refused)")
@@ -166,7 +166,7 @@ func (o *options) checkSupported() error {
 		problems = append(problems, err.Error())
 	}
 	if o.meshDNS != "" {
-		if _, _, err := mesh.ParseMeshDNS(o.meshDNS); err != nil {
+		if _, err := mesh.ParseMeshDNS(o.meshDNS); err != nil {
 			problems = append(problems, err.Error())
 		}
 		if o.meshDNSInterval <= 0 {

@@ -353,11 +353,12 @@ func startMesh(opts *options, sys *actors.System, priv wire.NodePrivate, meshKey
 	}
 	var dns *mesh.DNS
 	if opts.meshDNS != "" {
-		name, port, err := mesh.ParseMeshDNS(opts.meshDNS)
+		d, err := mesh.ParseMeshDNS(opts.meshDNS)
 		if err != nil {
 			return nil, err
 		}
-		dns = &mesh.DNS{Name: name, Port: port, Interval: opts.meshDNSInterval, Resolver: meshResolver(opts.meshDNSResolver)}
+		d.Interval, d.Resolver = opts.meshDNSInterval, meshResolver(opts.meshDNSResolver)
+		dns = &d
 	}
 	if len(targets) == 0 && dns == nil {
 		return nil, nil
@@ -370,7 +371,8 @@ func startMesh(opts *options, sys *actors.System, priv wire.NodePrivate, meshKey
 		log.Info().Str("peer", t.Name).Str("url", t.URL()).Str("dial", t.DialAddr()).Msg("meshing with")
 	}
 	if dns != nil {
-		log.Info().Str("name", dns.Name).Int("port", dns.Port).Dur("interval", dns.Interval).Msg("meshing with every address of")
+		log.Info().Str("name", dns.Name).Str("tls_name", dns.TLSName).Int("port", dns.Port).Dur("interval", dns.Interval).
+			Msg("meshing with every address of")
 	}
 	return mesh.SpawnManager(sys, cfg, targets, dns), nil
 }
