@@ -226,7 +226,11 @@ func (b *bench) meshRows() []row {
 		// The machine is not the benchmark's alone: CPU that went to
 		// other processes during the windows, median over the sweep's
 		// measurements of each server.
-		add("  other work on the machine during the sweep, median", "cores", "", 0, false, func(k harness.Kind) float64 { return b.scenarioMedian("mesh", k, "other_cores") })
+		add("  other work on the machine during the sweep, median", "cores", "", 0, false, func(k harness.Kind) float64 {
+			// /proc's tick-based counts make it a few hundredths
+			// negative on a quiet machine; that means none.
+			return max(0, b.scenarioMedian("mesh", k, "other_cores"))
+		})
 	}
 	if b.hasScenario("mesh-slow") {
 		point := func(slow float64) metrics { return metrics{"pairs": meshPairs, "rate": slowRate, "slow": slow} }
