@@ -79,7 +79,7 @@ func (b *bench) meshRates() []float64 {
 		return []float64{10e3, 20e3, 50e3, 100e3, 150e3, 200e3}
 	}
 	// Fine steps where the two servers' limits are on this machine
-	// (upstream derper's between 20k and 50k, derpd's between 100k and
+	// (upstream derper's between 20k and 50k, derpd's between 75k and
 	// 150k), the low ones so that a derper run at its edge still has a
 	// zero-loss point; higher rates in case a later build or machine
 	// carries more.
