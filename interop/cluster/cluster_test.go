@@ -14,10 +14,12 @@
 // (members.cluster.test, verifying derp.cluster.test: the TLSNAME/NAME
 // form, for a headless service whose name is not the public one).
 // derper, which has no such flag, lists every derpd node as
-// derp.cluster.test/<address>. Clients
-// reach the nodes over a second network, so that cutting a node off the
-// mesh leaves both its clients and its debug pages reachable: the test
-// watches both sides of the partition.
+// derp.cluster.test/<address>. Clients reach the nodes over a second
+// network, so that cutting a node off the mesh leaves both its clients
+// and its debug pages reachable: the test watches both sides of the
+// partition. Every image, network and container is named and labelled
+// for its run; all are removed at the end, and a later run removes what
+// a run that was killed left behind.
 //
 // The steps, each checked for traffic between clients of every pair of
 // nodes (sources intact), PeerGone owed and not owed, and the nodes'
@@ -40,7 +42,12 @@
 //  3. One derpd node is killed and started again: its client's peers get
 //     PeerGone on every node (the kernel closes its sockets, so derper
 //     sees it too), and its client, back on it, reaches everyone.
-//  4. A fourth derpd node joins by DNS alone, naming nobody: the others
+//  4. It is killed and replaced by a fresh container at its address, with
+//     a new server key, as a pod replaced without its volume would be.
+//     derper's client is not owed PeerGone this time: upstream tells a
+//     connection of a peer's departure once, however often the peer
+//     comes back (derpd tells it every time).
+//  5. A fourth derpd node joins by DNS alone, naming nobody: the others
 //     link to it, derper's standing entry for it connects, and its client
 //     reaches everyone, as does a client new to an old node.
 //
@@ -204,6 +211,31 @@ func TestCluster(t *testing.T) {
 		c.restart(t, d3)
 		a3 = c.connect(t, "a3", d3, a3.priv) // the same device, back
 		c.settle(t, "d3 is back", false)
+		c.checkPaths(t)
+		c.checkGone(t)
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("replace", func(t *testing.T) {
+		// As a pod replaced without its volume: the node's container is
+		// killed and removed, and a fresh one takes its address with a
+		// new server key. The links to that address must take the new
+		// key, and the region must forget the old one.
+		c.checkPaths(t)
+		owed := c.owed(c.clientsExcept(d3), []*client{a3})
+		c.remove(t, d3)
+		if err := a3.awaitBroken(connectWait); err != nil {
+			t.Fatalf("%v: %v after its node was removed", a3, err)
+		}
+		c.drop(a3)
+		c.awaitGone(t, owed, cutWait)
+		c.settle(t, "d3 is gone", false)
+
+		c.startNode(t, d3)
+		a3 = c.connect(t, "a3", d3, a3.priv)
+		c.settle(t, "d3 is replaced", false)
 		c.checkPaths(t)
 		c.checkGone(t)
 	})
@@ -556,6 +588,16 @@ func (c *cluster) kill(t *testing.T, n *node) {
 	n.running = false
 }
 
+// remove kills the node and removes its container, key file and all.
+func (c *cluster) remove(t *testing.T, n *node) {
+	t.Helper()
+	c.kill(t, n)
+	if _, err := docker("rm", "-f", "-v", n.name); err != nil {
+		t.Fatal(err)
+	}
+	n.created = false
+}
+
 // restart starts a killed node again: same container, so the same
 // addresses and the key file it wrote on its first start.
 func (c *cluster) restart(t *testing.T, n *node) {
@@ -666,6 +708,13 @@ func (c *cluster) owed(recipients, departed []*client) []owedKey {
 	var out []owedKey
 	for _, r := range recipients {
 		for _, d := range departed {
+			if r.node.kind == harness.Derper && r.goneCount(d.pub) > 0 {
+				// Upstream tells a connection of a peer's departure
+				// once: the note that it heard from the peer outlives
+				// the PeerGone, so hearing from it again does not
+				// subscribe it again (sclient.sawSrc in derpserver).
+				continue
+			}
 			if r != d && r.hasHeard(d) {
 				k := owedKey{r, d.pub}
 				c.want[k]++
