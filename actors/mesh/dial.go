@@ -37,7 +37,8 @@ var errSelf = errors.New("the peer is this server")
 
 // peerConn is a link's connection after a completed handshake.
 type peerConn struct {
-	conn      net.Conn
+	conn      net.Conn     // TLS
+	sock      *stampedConn // the socket under it
 	rd        *wire.Reader
 	serverKey wire.NodePublic
 	fastStart bool
@@ -82,8 +83,9 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 		raw.SetDeadline(dl)
 	}
 
+	sock := &stampedConn{Conn: raw}
 	tc := tlsConfig(cfg.TLS, t.Host)
-	conn := tls.Client(raw, tc)
+	conn := tls.Client(sock, tc)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("TLS: %w", err)
 	}
@@ -196,7 +198,7 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 		return fail(fmt.Errorf("ServerInfo does not open with the peer's key: %w", err))
 	}
 	raw.SetDeadline(time.Time{})
-	return &peerConn{conn: conn, rd: rd, serverKey: serverKey, fastStart: fastStart}, nil
+	return &peerConn{conn: conn, sock: sock, rd: rd, serverKey: serverKey, fastStart: fastStart}, nil
 }
 
 // appendHello appends our ClientInfo frame (the server's own key, the mesh

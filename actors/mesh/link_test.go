@@ -82,7 +82,8 @@ func (h *linkHarness) fail(err error) {
 func (h *linkHarness) succeed(peerKey wire.NodePublic) net.Conn {
 	ours, theirs := net.Pipe()
 	h.t.Cleanup(func() { ours.Close(); theirs.Close() })
-	h.last().finish(&peerConn{conn: ours, rd: wire.NewReader(ours, nil, maxLinkFrame), serverKey: peerKey}, nil)
+	sock := &stampedConn{Conn: ours}
+	h.last().finish(&peerConn{conn: sock, sock: sock, rd: wire.NewReader(sock, nil, maxLinkFrame), serverKey: peerKey}, nil)
 	h.d.RunUntilIdle()
 	return theirs
 }

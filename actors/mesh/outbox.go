@@ -31,6 +31,31 @@ const (
 // after a forward write of 5 s.
 const linkWriteTimeout = 5 * time.Second
 
+// linkStalledAfter is how long a write on a link's socket may block before
+// the link counts as not keeping up, so that senders stop waiting for room
+// in its queue. A socket write blocks only when the peer's window is full,
+// and on a healthy path that clears within a round trip between servers of
+// one region (a millisecond or two) or the few milliseconds a busy core
+// keeps the writer from running; a client's 2 ms would take those for a
+// stall, dropping a whole node's traffic to the peer while its queue (1024
+// packets, 10 ms of 100k packets/s) still had room to ride them out.
+const linkStalledAfter = 10 * time.Millisecond
+
+// stampedConn is a link's raw socket, below TLS, marked with the time of
+// the write under way: a link is stalled when its socket does not take
+// data, not while a busy core encrypts a batch.
+type stampedConn struct {
+	net.Conn
+	writeStart atomic.Int64 // Unix nanoseconds; 0 between writes
+}
+
+func (c *stampedConn) Write(b []byte) (int, error) {
+	c.writeStart.Store(time.Now().UnixNano())
+	n, err := c.Conn.Write(b)
+	c.writeStart.Store(0)
+	return n, err
+}
+
 // DropReason says why a link did not carry a packet.
 type DropReason uint8
 
@@ -80,10 +105,17 @@ type outbox struct {
 	closeOnce sync.Once
 	finished  chan struct{} // closed once the writer has exited
 
-	// writeStart is when the current socket write began (Unix
-	// nanoseconds), 0 between writes.
-	writeStart atomic.Int64
-	writeErr   atomic.Pointer[error]
+	// sock is the socket under conn, whose write stamp says whether the
+	// peer is taking data.
+	sock     *stampedConn
+	writeErr atomic.Pointer[error]
+
+	// congested is raised by a sender that found the queue full while
+	// the socket was stalled, and lowered by the writer once the queue
+	// has drained to a quarter: until then a full queue drops at once.
+	// Without it every write to a slow peer would begin with a stretch
+	// in which senders wait for room that only the next flush frees.
+	congested atomic.Bool
 
 	pingMu      sync.Mutex
 	ping        [wire.PingDataLen]byte
@@ -96,31 +128,24 @@ type outbox struct {
 	sent actors.SendCounts // writer only: the batch being written
 }
 
-func newOutbox(sys *actors.System, conn net.Conn, depth int) *outbox {
+// newOutbox writes to conn, which runs over sock (conn itself when there
+// is no TLS).
+func newOutbox(sys *actors.System, conn net.Conn, sock *stampedConn, depth int) *outbox {
 	if depth <= 0 {
 		depth = DefaultQueueDepth
 	}
 	o := &outbox{
 		sys:      sys,
 		conn:     conn,
+		sock:     sock,
 		data:     make(chan queued, depth),
 		disco:    make(chan queued, discoQueueDepth),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
-	o.w = wire.NewWriter(timedWriter{o}, 0)
+	o.w = wire.NewWriter(conn, 0)
 	return o
-}
-
-// timedWriter stamps writeStart around every socket write.
-type timedWriter struct{ o *outbox }
-
-func (t timedWriter) Write(b []byte) (int, error) {
-	t.o.writeStart.Store(time.Now().UnixNano())
-	n, err := t.o.conn.Write(b)
-	t.o.writeStart.Store(0)
-	return n, err
 }
 
 // ForwardPacket implements actors.Forwarder. It is called from other
@@ -142,8 +167,10 @@ func (o *outbox) ForwardPacket(dst wire.NodePublic, p *wire.Packet, w *actors.Wa
 	default:
 	}
 	// Full. A writer that is taking data but short of CPU gets a moment,
-	// as a client's does; a writer stuck on the peer's socket gets none.
-	if w != nil && !o.stalled() && actors.SendWaiting(w, q, it, actors.MaxQueueWait) {
+	// as a client's does; a link whose peer is not taking data gets none.
+	if o.stalled() {
+		o.congested.Store(true)
+	} else if w != nil && !o.congested.Load() && actors.SendWaiting(w, q, it, actors.MaxQueueWait) {
 		o.afterQueue()
 		return
 	}
@@ -190,8 +217,8 @@ func (o *outbox) afterQueue() {
 }
 
 func (o *outbox) stalled() bool {
-	start := o.writeStart.Load()
-	return start != 0 && time.Now().UnixNano()-start > int64(actors.StalledWriteAfter)
+	start := o.sock.writeStart.Load()
+	return start != 0 && time.Now().UnixNano()-start > int64(linkStalledAfter)
 }
 
 // queuePing asks the writer to send a Ping carrying data.
@@ -249,6 +276,9 @@ func (o *outbox) run() {
 			o.writeErr.Store(&err)
 			o.conn.Close() // the session's reader ends and reports it
 			return
+		}
+		if o.congested.Load() && o.depth() <= cap(o.data)/4 {
+			o.congested.Store(false)
 		}
 		o.w.Release() // an idle link holds no write buffer
 	}

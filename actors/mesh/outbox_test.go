@@ -24,7 +24,8 @@ func packet(src wire.NodePublic, payload []byte) *wire.Packet {
 func TestOutboxWritesForwardPackets(t *testing.T) {
 	sys := actors.NewSystem(zerolog.Nop())
 	ours, theirs := net.Pipe()
-	o := newOutbox(sys, ours, 0)
+	sock := &stampedConn{Conn: ours}
+	o := newOutbox(sys, sock, sock, 0)
 	go o.run()
 	src, dst := testKey(1), testKey(2)
 	for i := range 3 {
@@ -59,14 +60,15 @@ func TestOutboxWritesForwardPackets(t *testing.T) {
 func TestOutboxStalledPeerNeverHoldsSenders(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sys := actors.NewSystem(zerolog.Nop())
-		ours, theirs := net.Pipe() // theirs is never read
-		o := newOutbox(sys, ours, 0)
+		ours, theirs := net.Pipe() // theirs is not read
+		sock := &stampedConn{Conn: ours}
+		o := newOutbox(sys, sock, sock, 0)
 		go o.run()
 		src, dst := testKey(1), testKey(2)
 		o.ForwardPacket(dst, packet(src, make([]byte, 1200)), nil)
 		synctest.Wait() // the writer is blocked writing the first packet
-		// Blocked for a while: longer than a healthy receiver takes.
-		time.Sleep(2 * actors.StalledWriteAfter)
+		// Blocked for a while: longer than a healthy peer takes.
+		time.Sleep(2 * linkStalledAfter)
 
 		const n = 3000
 		var w actors.Waiter
@@ -114,7 +116,7 @@ func TestOutboxStalledPeerNeverHoldsSenders(t *testing.T) {
 func TestOutboxDrainingWriterMakesSendersWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sys := actors.NewSystem(zerolog.Nop())
-		o := newOutbox(sys, nil, 1)
+		o := newOutbox(sys, nil, &stampedConn{}, 1)
 		src, dst := testKey(1), testKey(2)
 		o.ForwardPacket(dst, packet(src, []byte("a")), nil) // fills the queue; no writer runs
 		go func() {
@@ -130,5 +132,65 @@ func TestOutboxDrainingWriterMakesSendersWait(t *testing.T) {
 		if got := o.dropped[DropQueueFull].Load(); got != 0 {
 			t.Fatalf("dropped %d", got)
 		}
+	})
+}
+
+// Once a link has been seen stalled it stays congested, dropping rather
+// than holding senders, until its queue has drained: a slow peer's socket
+// takes a little data now and then, and every write it accepts must not
+// start another round of senders waiting for room.
+func TestOutboxCongestionLastsUntilTheQueueDrains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sys := actors.NewSystem(zerolog.Nop())
+		ours, theirs := net.Pipe()
+		sock := &stampedConn{Conn: ours}
+		o := newOutbox(sys, sock, sock, 0)
+		go o.run()
+		src, dst := testKey(1), testKey(2)
+		send := func(n int, w *actors.Waiter) {
+			for range n {
+				o.ForwardPacket(dst, packet(src, make([]byte, 1200)), w)
+			}
+		}
+		send(1, nil)
+		synctest.Wait()
+		time.Sleep(2 * linkStalledAfter)
+		var w actors.Waiter
+		send(DefaultQueueDepth+1, &w) // fills the queue, then finds it stalled
+		if !o.congested.Load() || w.Waits != 0 {
+			t.Fatalf("congested %v after %d waits, want congested and no waits", o.congested.Load(), w.Waits)
+		}
+
+		// The peer takes one frame: the writer's write completes, it takes
+		// its next batch and blocks again, at once, so not stalled now.
+		rd := wire.NewReader(theirs, nil, 1<<20)
+		if _, n, err := rd.ReadHeader(); err != nil || rd.Discard(int(n)) != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if o.stalled() {
+			t.Fatal("a write that just began counts as stalled")
+		}
+		send(DefaultQueueDepth, &w) // the queue fills again
+		if w.Waits != 0 {
+			t.Fatalf("senders waited %d times on a congested link", w.Waits)
+		}
+
+		// The peer reads everything: the queue drains and the link is
+		// no longer congested.
+		go func() {
+			for {
+				if _, n, err := rd.ReadHeader(); err != nil || rd.Discard(int(n)) != nil {
+					return
+				}
+			}
+		}()
+		synctest.Wait()
+		if o.congested.Load() || o.depth() != 0 {
+			t.Fatalf("congested %v with %d queued after the peer caught up", o.congested.Load(), o.depth())
+		}
+		o.close()
+		theirs.Close()
+		<-o.finished
 	})
 }

@@ -59,7 +59,7 @@ func newSession(sys *actors.System, link *actor.PID, pc *peerConn, depth int, lo
 		sys:      sys,
 		link:     link,
 		pc:       pc,
-		out:      newOutbox(sys, pc.conn, depth),
+		out:      newOutbox(sys, pc.conn, pc.sock, depth),
 		clock:    sys.Clock,
 		log:      log,
 		credit:   make(chan struct{}, 1),
