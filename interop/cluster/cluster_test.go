@@ -39,15 +39,20 @@
 //     timeout: derper notices a dead link when a read times out (two
 //     minutes) or a write is refused, so the PeerGone its client may get
 //     for the cut node's client is allowed, never awaited.
-//  3. One derpd node is killed and started again: its client's peers get
+//  3. The same node is frozen (docker pause): it stays in the DNS answer
+//     and its kernel still acknowledges everything, so only the other
+//     derpd nodes' pings can tell, and they do. Its own links may or may
+//     not time out while it is frozen, so its client's PeerGone messages
+//     are allowed, not owed. Thawed, it is back in the region.
+//  4. One derpd node is killed and started again: its client's peers get
 //     PeerGone on every node (the kernel closes its sockets, so derper
 //     sees it too), and its client, back on it, reaches everyone.
-//  4. It is killed and replaced by a fresh container at its address, with
+//  5. It is killed and replaced by a fresh container at its address, with
 //     a new server key, as a pod replaced without its volume would be.
 //     derper's client is not owed PeerGone this time: upstream tells a
 //     connection of a peer's departure once, however often the peer
 //     comes back (derpd tells it every time).
-//  5. A fourth derpd node joins by DNS alone, naming nobody: the others
+//  6. A fourth derpd node joins by DNS alone, naming nobody: the others
 //     link to it, derper's standing entry for it connects, and its client
 //     reaches everyone, as does a client new to an old node.
 //
@@ -189,6 +194,31 @@ func TestCluster(t *testing.T) {
 
 		c.heal(t, d2)
 		c.settle(t, "d2 is back on the mesh", false)
+		c.checkPaths(t)
+		c.checkGone(t)
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("pause", func(t *testing.T) {
+		// Frozen (a stalled VM, a SIGSTOP): the node stays in the DNS
+		// answer and its kernel still acknowledges every byte, so only
+		// the other derpd nodes' pings can tell it is gone, and they do
+		// within their timeout. Its own links' deadlines may pass while
+		// it is frozen, so its client may hear of everyone leaving.
+		owed := c.owed([]*client{a1, q, a3}, []*client{a2})
+		c.allowGone(dc, a2)
+		for _, p := range c.clientsExcept(d2) {
+			c.allowGone(a2, p)
+		}
+		c.pause(t, d2)
+		c.awaitGone(t, owed, cutWait)
+		c.awaitUnroutable(t, a1, a2, cutWait)
+		c.awaitUnroutable(t, a3, a2, cutWait)
+		c.checkPathsAmong(t, c.clientsExcept(d2))
+		c.unpause(t, d2)
+		c.settle(t, "d2 runs again", false)
 		c.checkPaths(t)
 		c.checkGone(t)
 	})
@@ -577,6 +607,24 @@ func (c *cluster) heal(t *testing.T, n *node) {
 		t.Fatal(err)
 	}
 	n.onMesh = true
+}
+
+// pause freezes the node's process; its sockets stay open.
+func (c *cluster) pause(t *testing.T, n *node) {
+	t.Helper()
+	if _, err := docker("pause", n.name); err != nil {
+		t.Fatal(err)
+	}
+	n.running = false
+}
+
+// unpause lets it run again.
+func (c *cluster) unpause(t *testing.T, n *node) {
+	t.Helper()
+	if _, err := docker("unpause", n.name); err != nil {
+		t.Fatal(err)
+	}
+	n.running = true
 }
 
 // kill ends the node's process with SIGKILL, as a crash would.
