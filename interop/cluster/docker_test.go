@@ -163,7 +163,9 @@ func lines(s string) []string {
 
 // network is a user-defined bridge network with a subnet of our choosing:
 // `docker network connect --ip`, which heals a cut node at its old
-// address, works only on such networks.
+// address, works only on such networks. It is internal: the host reaches
+// the containers on it, but nothing is routed out, so the nodes talk to
+// nobody but each other and the test.
 type network struct {
 	name    string
 	subnet  netip.Prefix
@@ -192,7 +194,7 @@ func createNetwork(name string, labels []string) (*network, error) {
 		}
 		gw := p.Addr().As4()
 		gw[3] = 1
-		args := []string{"network", "create", "--driver", "bridge", "--subnet", p.String(), "--gateway", netip.AddrFrom4(gw).String()}
+		args := []string{"network", "create", "--driver", "bridge", "--internal", "--subnet", p.String(), "--gateway", netip.AddrFrom4(gw).String()}
 		for _, l := range labels {
 			args = append(args, "--label", l)
 		}
