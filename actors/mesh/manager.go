@@ -80,10 +80,12 @@ type manager struct {
 	dns    *DNS
 	log    zerolog.Logger
 
-	self  *actor.PID
-	links map[string]*linkEntry
-	timer actors.Timer
-	state DNSState
+	self     *actor.PID
+	links    map[string]*linkEntry
+	timer    actors.Timer
+	state    DNSState
+	failing  bool      // the last lookup failed
+	warnedAt time.Time // of the last failed lookup logged as a warning
 }
 
 type linkEntry struct {
@@ -181,10 +183,21 @@ func (m *manager) apply(ctx actor.Context, r *resolved) {
 		r.err = errNoAddresses
 	}
 	if r.err != nil {
+		// A name that stays broken fails every interval: say so when the
+		// reason changes, and once a minute while it does not.
+		ev := m.log.Debug()
+		if msg := r.err.Error(); !m.failing || msg != m.state.LastError || now.Sub(m.warnedAt) >= time.Minute {
+			ev, m.warnedAt = m.log.Warn(), now
+		}
+		m.failing = true
 		m.state.LastError, m.state.LastErrorAt = r.err.Error(), now
-		m.log.Warn().Err(r.err).Str("name", m.dns.Name).Int("links", len(m.links)).
+		ev.Err(r.err).Str("name", m.dns.Name).Int("links", len(m.links)).
 			Msg("mesh DNS lookup failed; keeping the links we have")
 		return
+	}
+	if m.failing {
+		m.failing = false
+		m.log.Info().Str("name", m.dns.Name).Msg("mesh DNS lookup answers again")
 	}
 	var addrs []netip.Addr
 	for _, a := range r.addrs {
