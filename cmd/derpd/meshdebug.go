@@ -145,14 +145,19 @@ func (s *server) serveMeshDebug(w http.ResponseWriter, r *http.Request) {
 		enc.Encode(v)
 		return
 	}
-	setBrowserHeaders(w.Header())
+	setBrowserHeadersWithStyle(w.Header(), debugStyle)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := meshPage.Execute(w, v); err != nil {
 		s.log.Debug().Err(err).Msg("writing /debug/mesh")
 	}
 }
 
+// debugStyle is the debug pages' one style sheet, inline and admitted by
+// its hash (see setBrowserHeadersWithStyle).
+const debugStyle = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}.down{color:#b00}.up{color:#070}small{color:#555}"
+
 var meshPage = template.Must(template.New("mesh").Funcs(template.FuncMap{
+	"style": func() template.CSS { return template.CSS(debugStyle) },
 	"ago": func(t time.Time) string {
 		if t.IsZero() {
 			return ""
@@ -161,7 +166,7 @@ var meshPage = template.Must(template.New("mesh").Funcs(template.FuncMap{
 	},
 }).Parse(`<!DOCTYPE html>
 <html><head><title>derpd mesh</title>
-<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}.down{color:#b00}.up{color:#070}</style>
+<style>{{style}}</style>
 </head><body>
 <h1>Mesh</h1>
 <p><a href="/debug/">debug</a> · <a href="?format=json">JSON</a> · keys reachable only through the mesh: {{.RemoteKeys}}</p>

@@ -1,18 +1,32 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"net/http"
 	"regexp"
 	"strings"
 )
 
+// contentSecurityPolicy lets a page load nothing at all: no scripts, no
+// styles, no frames.
+const contentSecurityPolicy = "default-src 'none'; frame-ancestors 'none'; form-action 'none'; base-uri 'self'; block-all-mixed-content; plugin-types 'none'"
+
 // Headers for pages a browser may render: nothing on a DERP server should
 // ever be framed, sniffed or loaded over plain HTTP once seen over HTTPS.
 func setBrowserHeaders(h http.Header) {
 	h.Set("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-	h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; form-action 'none'; base-uri 'self'; block-all-mixed-content; plugin-types 'none'")
+	h.Set("Content-Security-Policy", contentSecurityPolicy)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+// setBrowserHeadersWithStyle is setBrowserHeaders for a page with one
+// inline style sheet, which the policy admits by its hash alone.
+func setBrowserHeadersWithStyle(h http.Header, style string) {
+	setBrowserHeaders(h)
+	sum := sha256.Sum256([]byte(style))
+	h.Set("Content-Security-Policy", contentSecurityPolicy+"; style-src 'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'")
 }
 
 // serveProbe answers the HTTPS latency probes clients use when UDP is
