@@ -8,7 +8,7 @@ import (
 	"github.com/derpd/derpd/wire"
 )
 
-// Tuning of every outbox, client or mesh link: facts about healthy
+// Tuning of the outboxes, clients' and mesh links': facts about healthy
 // receivers, not knobs to turn for speed.
 const (
 	// MaxQueueWait bounds how long a reader waits for room in the queue
@@ -18,9 +18,11 @@ const (
 	// takes over.
 	MaxQueueWait = 20 * time.Millisecond
 
-	// StalledWriteAfter is how long one socket write may block before the
-	// receiver counts as not reading. A write of one batch to a receiver
-	// with room in its socket buffer takes microseconds.
+	// StalledWriteAfter is how long one socket write may block before a
+	// client counts as not reading. A write of one batch to a receiver
+	// with room in its socket buffer takes microseconds. (A mesh link,
+	// which carries a whole node's traffic through TLS, has a threshold
+	// of its own.)
 	StalledWriteAfter = 2 * time.Millisecond
 
 	// BatchFlushBytes is how much a writer collects before it flushes even

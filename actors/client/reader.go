@@ -231,7 +231,6 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 			// up drops, it never holds this reader (upstream writes to
 			// the link from here, so one slow peer stalls every sender).
 			r.recv.ForwardedOut++
-			p.QueuedAt = r.now
 			rt.Forward.ForwardPacket(dst, p, &r.waiter)
 			return
 		}

@@ -63,7 +63,6 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -856,42 +855,12 @@ func (c *cluster) nameOf(k key.NodePublic) string {
 
 // --- node state ---
 
-// meshView is what the test reads of derpd's /debug/mesh?format=json.
-type meshView struct {
-	Links []struct {
-		Peer      string `json:"peer"`
-		Answered  bool   `json:"answered"`
-		State     string `json:"state"`
-		LastError string `json:"last_error"`
-		PeerKey   string `json:"peer_key"`
-		Keys      int    `json:"keys"`
-	} `json:"links"`
-	Inbound []struct {
-		Key      string `json:"key"`
-		Addr     string `json:"addr"`
-		Watching bool   `json:"watching"`
-	} `json:"inbound"`
-	DNS *struct {
-		Answer    []string `json:"answer"`
-		LastError string   `json:"last_error"`
-	} `json:"dns"`
-	RemoteKeys int `json:"remote_keys"`
-}
-
-func (n *node) meshDebug() (*meshView, error) {
-	res, err := n.http.Get("https://" + sharedName + "/debug/mesh?format=json")
+func (n *node) meshDebug() (*harness.MeshView, error) {
+	v, err := harness.GetMeshView(n.http, "https://"+sharedName)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %v", n, err)
 	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		return nil, fmt.Errorf("%s /debug/mesh: %s", n, res.Status)
-	}
-	var v meshView
-	if err := json.NewDecoder(res.Body).Decode(&v); err != nil {
-		return nil, fmt.Errorf("%s /debug/mesh: %v", n, err)
-	}
-	return &v, nil
+	return v, nil
 }
 
 func (n *node) metrics() (map[string]float64, error) {

@@ -431,9 +431,18 @@ func (b *bench) rateSweep(scenario string, pairs int, rates []float64, nodes map
 
 // median of one metric over the rounds of a point.
 func (b *bench) median(scenario string, k harness.Kind, params metrics, metric string) float64 {
+	return b.medianOf(metric, func(r *run) bool {
+		return r.Scenario == scenario && r.Server == k && sameParams(r.Params, params)
+	})
+}
+
+// medianOf is the median of one metric over the successful runs that
+// match, or -1 if none has it.
+func (b *bench) medianOf(metric string, match func(*run) bool) float64 {
 	var vs []float64
-	for _, r := range b.runs {
-		if r.Scenario == scenario && r.Server == k && r.Err == "" && sameParams(r.Params, params) {
+	for i := range b.runs {
+		r := &b.runs[i]
+		if r.Err == "" && match(r) {
 			if v, ok := r.Metrics[metric]; ok {
 				vs = append(vs, v)
 			}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"slices"
 	"strings"
 
 	"github.com/derpd/derpd/interop/harness"
@@ -274,17 +273,5 @@ func (b *bench) meshRows() []row {
 // scenarioMedian is the median of metric over every measurement of a
 // scenario and server, whatever its parameters.
 func (b *bench) scenarioMedian(scenario string, k harness.Kind, metric string) float64 {
-	var vs []float64
-	for _, r := range b.runs {
-		if r.Scenario == scenario && r.Server == k && r.Err == "" {
-			if v, ok := r.Metrics[metric]; ok {
-				vs = append(vs, v)
-			}
-		}
-	}
-	if len(vs) == 0 {
-		return -1
-	}
-	slices.Sort(vs)
-	return vs[len(vs)/2]
+	return b.medianOf(metric, func(r *run) bool { return r.Scenario == scenario && r.Server == k })
 }
