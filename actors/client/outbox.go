@@ -49,11 +49,8 @@ type Outbox struct {
 	// writeStart is when the writer's current socket write began (Unix
 	// nanoseconds), 0 between writes. A write that has been blocked for a
 	// while means the receiver is not taking data: senders must not wait
-	// for it. Over TLS it is the raw socket's stamp (see
-	// actors.StampedConn), so encrypting a batch on a busy core is not
-	// taken for a receiver that stopped reading.
-	writeStart *atomic.Int64
-	ownStamp   atomic.Int64 // writeStart when conn has no stamped socket
+	// for it.
+	writeStart atomic.Int64
 	closeOnce  sync.Once
 	finished   chan struct{} // closed when the writer goroutine has exited
 
@@ -107,13 +104,7 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 		wake:         make(chan struct{}, 1),
 		finished:     make(chan struct{}),
 	}
-	if sc := actors.StampedUnder(conn); sc != nil {
-		o.writeStart = &sc.WriteStart
-		o.w = wire.NewWriter(conn, cfg.MaxWrite)
-	} else {
-		o.writeStart = &o.ownStamp
-		o.w = wire.NewWriter(timedWriter{o}, cfg.MaxWrite)
-	}
+	o.w = wire.NewWriter(timedWriter{o}, cfg.MaxWrite)
 	return o
 }
 
@@ -124,9 +115,9 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 type timedWriter struct{ o *Outbox }
 
 func (t timedWriter) Write(b []byte) (int, error) {
-	t.o.ownStamp.Store(time.Now().UnixNano())
+	t.o.writeStart.Store(time.Now().UnixNano())
 	n, err := t.o.conn.Write(b)
-	t.o.ownStamp.Store(0)
+	t.o.writeStart.Store(0)
 	return n, err
 }
 

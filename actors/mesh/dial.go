@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
 )
 
@@ -38,8 +37,8 @@ var errSelf = errors.New("the peer is this server")
 
 // peerConn is a link's connection after a completed handshake.
 type peerConn struct {
-	conn      net.Conn            // TLS
-	sock      *actors.StampedConn // the socket under it
+	conn      net.Conn     // TLS
+	sock      *stampedConn // the socket under it
 	rd        *wire.Reader
 	serverKey wire.NodePublic
 	fastStart bool
@@ -84,7 +83,7 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 		raw.SetDeadline(dl)
 	}
 
-	sock := &actors.StampedConn{Conn: raw}
+	sock := &stampedConn{Conn: raw}
 	tc := tlsConfig(cfg.TLS, t.Host)
 	conn := tls.Client(sock, tc)
 	if err := conn.HandshakeContext(ctx); err != nil {

@@ -82,7 +82,7 @@ func (h *linkHarness) fail(err error) {
 func (h *linkHarness) succeed(peerKey wire.NodePublic) net.Conn {
 	ours, theirs := net.Pipe()
 	h.t.Cleanup(func() { ours.Close(); theirs.Close() })
-	sock := &actors.StampedConn{Conn: ours}
+	sock := &stampedConn{Conn: ours}
 	h.last().finish(&peerConn{conn: sock, sock: sock, rd: wire.NewReader(sock, nil, maxLinkFrame), serverKey: peerKey}, nil)
 	h.d.RunUntilIdle()
 	return theirs

@@ -41,6 +41,21 @@ const linkWriteTimeout = 5 * time.Second
 // packets, 10 ms of 100k packets/s) still had room to ride them out.
 const linkStalledAfter = 10 * time.Millisecond
 
+// stampedConn is a link's raw socket, below TLS, marked with the time of
+// the write under way: a link is stalled when its socket does not take
+// data, not while a busy core encrypts a batch.
+type stampedConn struct {
+	net.Conn
+	writeStart atomic.Int64 // Unix nanoseconds; 0 between writes
+}
+
+func (c *stampedConn) Write(b []byte) (int, error) {
+	c.writeStart.Store(time.Now().UnixNano())
+	n, err := c.Conn.Write(b)
+	c.writeStart.Store(0)
+	return n, err
+}
+
 // DropReason says why a link did not carry a packet.
 type DropReason uint8
 
@@ -92,7 +107,7 @@ type outbox struct {
 
 	// sock is the socket under conn, whose write stamp says whether the
 	// peer is taking data.
-	sock     *actors.StampedConn
+	sock     *stampedConn
 	writeErr atomic.Pointer[error]
 
 	// congested is raised by a sender that found the queue full while
@@ -115,7 +130,7 @@ type outbox struct {
 
 // newOutbox writes to conn, which runs over sock (conn itself when there
 // is no TLS).
-func newOutbox(sys *actors.System, conn net.Conn, sock *actors.StampedConn, depth int) *outbox {
+func newOutbox(sys *actors.System, conn net.Conn, sock *stampedConn, depth int) *outbox {
 	if depth <= 0 {
 		depth = DefaultQueueDepth
 	}
@@ -202,7 +217,7 @@ func (o *outbox) afterQueue() {
 }
 
 func (o *outbox) stalled() bool {
-	start := o.sock.WriteStart.Load()
+	start := o.sock.writeStart.Load()
 	return start != 0 && time.Now().UnixNano()-start > int64(linkStalledAfter)
 }
 

@@ -24,7 +24,7 @@ func packet(src wire.NodePublic, payload []byte) *wire.Packet {
 func TestOutboxWritesForwardPackets(t *testing.T) {
 	sys := actors.NewSystem(zerolog.Nop())
 	ours, theirs := net.Pipe()
-	sock := &actors.StampedConn{Conn: ours}
+	sock := &stampedConn{Conn: ours}
 	o := newOutbox(sys, sock, sock, 0)
 	go o.run()
 	src, dst := testKey(1), testKey(2)
@@ -61,7 +61,7 @@ func TestOutboxStalledPeerNeverHoldsSenders(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sys := actors.NewSystem(zerolog.Nop())
 		ours, theirs := net.Pipe() // theirs is not read
-		sock := &actors.StampedConn{Conn: ours}
+		sock := &stampedConn{Conn: ours}
 		o := newOutbox(sys, sock, sock, 0)
 		go o.run()
 		src, dst := testKey(1), testKey(2)
@@ -116,7 +116,7 @@ func TestOutboxStalledPeerNeverHoldsSenders(t *testing.T) {
 func TestOutboxDrainingWriterMakesSendersWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sys := actors.NewSystem(zerolog.Nop())
-		o := newOutbox(sys, nil, &actors.StampedConn{}, 1)
+		o := newOutbox(sys, nil, &stampedConn{}, 1)
 		src, dst := testKey(1), testKey(2)
 		o.ForwardPacket(dst, packet(src, []byte("a")), nil) // fills the queue; no writer runs
 		go func() {
@@ -143,7 +143,7 @@ func TestOutboxCongestionLastsUntilTheQueueDrains(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sys := actors.NewSystem(zerolog.Nop())
 		ours, theirs := net.Pipe()
-		sock := &actors.StampedConn{Conn: ours}
+		sock := &stampedConn{Conn: ours}
 		o := newOutbox(sys, sock, sock, 0)
 		go o.run()
 		src, dst := testKey(1), testKey(2)

@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/derpd/derpd/actors"
 	"golang.org/x/time/rate"
 )
 
@@ -67,18 +66,4 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		return c, nil
 	}
-}
-
-// stampingListener marks the sockets under TLS with the time of the
-// write under way (actors.StampedConn): a client's outbox then takes only
-// a socket that does not take data for a stalled receiver, not the time a
-// busy core spends encrypting a batch for it.
-type stampingListener struct{ net.Listener }
-
-func (l stampingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &actors.StampedConn{Conn: c}, nil
 }

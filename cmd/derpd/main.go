@@ -179,7 +179,7 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		// Without a deadline, stuck TLS handshakes (scanners, half-open
 		// connections) would pile up for ever; net/http's ReadTimeout
 		// covers them.
-		mainListener = tls.NewListener(stampingListener{s.listener}, tlsConfig(s.certs, meta, &s.tlsVersions))
+		mainListener = tls.NewListener(s.listener, tlsConfig(s.certs, meta, &s.tlsVersions))
 		if opts.httpPort != -1 {
 			host, _, _ := net.SplitHostPort(opts.addr)
 			ln80, err := listen(net.JoinHostPort(host, strconv.Itoa(opts.httpPort)), opts.tcpKeepAlive, opts.tcpUserTimeout, math.Inf(1), 0)
