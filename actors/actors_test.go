@@ -50,7 +50,8 @@ func TestStepDispatcherRunsNothingUntilAsked(t *testing.T) {
 	d := NewStepDispatcher()
 	sys := NewSystem(zerolog.Nop(), WithDispatcher(d))
 	n := 0
-	pid := sys.Root.Spawn(sys.Props(func() actor.Actor { return counter{&n} }))
+	props, _ := sys.Props(ActorFlows, func() actor.Actor { return counter{&n} })
+	pid := sys.Root.Spawn(props)
 	d.RunUntilIdle()
 	for i := range 5 {
 		sys.Send(pid, i)

@@ -21,10 +21,23 @@ type Conn struct {
 	Flags   wire.PeerPresentFlags
 	CanMesh bool // presented the mesh key
 	Since   time.Time
+	Mailbox *MailboxStats // of its client actor
 
 	// ForwardedIn counts the ForwardPacket frames this connection (a mesh
 	// peer's link to us) delivered; its reader adds to it in batches.
 	ForwardedIn atomic.Int64
+
+	// The connection's own counts, for the debug pages (/debug/traffic,
+	// /debug/actors, /debug/peer): payload bytes and packets it sent us
+	// (SendPacket; its reader adds them in batches) and we wrote to it
+	// (its writer, per flush), how many distinct sources it was sent
+	// packets from, the packets meant for it that were dropped, by
+	// reason, and the client's home flag (its client actor keeps it).
+	BytesRecv, PacketsRecv atomic.Int64
+	BytesSent, PacketsSent atomic.Int64
+	UniqueSenders          atomic.Int64
+	Dropped                [numDropReasons]atomic.Int64
+	Preferred              atomic.Bool
 
 	// NoteActivity is set by the registry while this connection is one of
 	// several for its key and is not the one receiving packets. The reader
@@ -154,6 +167,37 @@ type RegistryState struct {
 	RemoteKeys   int // keys known only through mesh links
 	MeshSessions int // mesh link sessions that are up
 	MultiLinked  int // keys announced by more than one session
+}
+
+// GetConns asks the registry for every connection; it answers Conns.
+// The answer is a list of handles, not a rendering: the registry spends a
+// pointer copy per connection on it, and whoever asked reads the
+// connections' own counters on its own time.
+type GetConns struct{}
+
+// Conns is the answer to GetConns, in no particular order.
+type Conns struct{ List []ConnEntry }
+
+// ConnEntry is one connection and what only the registry knows of it.
+type ConnEntry struct {
+	Conn     *Conn
+	Active   bool // it receives its key's packets (false: an idle duplicate)
+	Watching bool // it sent WatchConns
+}
+
+// GetPeer asks the registry what it knows of one key; it answers Peer.
+type GetPeer struct{ Key wire.NodePublic }
+
+// Peer is the answer to GetPeer.
+type Peer struct {
+	Key   wire.NodePublic
+	Conns []ConnEntry // its local connections, oldest first
+	// ForwardedBy names the mesh links that announce the key, the one
+	// its packets go to first.
+	ForwardedBy []string
+	// HeardFrom is how many of this server's connections were sent
+	// packets from the key (they will hear PeerGone when it leaves).
+	HeardFrom int
 }
 
 // GetMeshConns asks the registry for the connections that presented the

@@ -124,6 +124,15 @@ type Stats struct {
 	meshUpdateLoops histogram
 }
 
+// DropFor counts one dropped packet of n payload bytes that was meant for
+// c (nil: no connection, such as an unknown destination).
+func (s *Stats) DropFor(c *Conn, reason DropReason, kind PacketKind, n int) {
+	s.Drop(reason, kind, n)
+	if c != nil {
+		c.Dropped[reason].Add(1)
+	}
+}
+
 // Drop counts one dropped packet of n payload bytes.
 func (s *Stats) Drop(reason DropReason, kind PacketKind, n int) {
 	s.packetsDropped[reason][kind].Add(1)

@@ -29,6 +29,7 @@ type System struct {
 	dispatcher actor.Dispatcher
 	middleware []actor.ReceiverMiddleware
 	connIDs    atomic.Uint64
+	kinds      map[ActorKind]*KindStats // fixed at NewSystem: read without a lock
 }
 
 // Option configures a System.
@@ -58,6 +59,10 @@ func NewSystem(log zerolog.Logger, opts ...Option) *System {
 		Stats:  new(Stats),
 		Routes: NewRouteTable(),
 		Clock:  RealClock,
+		kinds:  make(map[ActorKind]*KindStats, len(ActorKinds)),
+	}
+	for _, k := range ActorKinds {
+		s.kinds[k] = new(KindStats)
 	}
 	for _, o := range opts {
 		o(s)
@@ -75,17 +80,28 @@ func NewSystem(log zerolog.Logger, opts ...Option) *System {
 	return s
 }
 
-// Props wraps a producer with the system's dispatcher and middleware, so
-// every derpd actor is scheduled and observed the same way.
-func (s *System) Props(p actor.Producer, opts ...actor.PropsOption) *actor.Props {
+// Props wraps a producer of an actor of kind with the system's dispatcher
+// and middleware, so every derpd actor is scheduled and observed the same
+// way. The MailboxStats count the messages of the one actor spawned from
+// these props (spawn a new Props for each actor).
+func (s *System) Props(kind ActorKind, p actor.Producer, opts ...actor.PropsOption) (*actor.Props, *MailboxStats) {
+	ks := s.kinds[kind]
+	if ks == nil {
+		panic("actors: Props for an unknown actor kind " + string(kind))
+	}
+	stats := &MailboxStats{Kind: kind, kind: ks}
+	opts = append(opts, actor.WithMailbox(actor.Unbounded(mailboxCounter{stats})))
 	if s.dispatcher != nil {
 		opts = append(opts, actor.WithDispatcher(s.dispatcher))
 	}
 	if len(s.middleware) > 0 {
 		opts = append(opts, actor.WithReceiverMiddleware(s.middleware...))
 	}
-	return actor.PropsFromProducer(p, opts...)
+	return actor.PropsFromProducer(p, opts...), stats
 }
+
+// Kind returns the sums over every actor of kind.
+func (s *System) Kind(kind ActorKind) *KindStats { return s.kinds[kind] }
 
 // NextConnID returns a process-unique connection number.
 func (s *System) NextConnID() uint64 { return s.connIDs.Add(1) }

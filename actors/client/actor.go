@@ -77,6 +77,7 @@ func (a *clientActor) setPreferred(v bool) {
 		return
 	}
 	a.preferred = v
+	a.conn.Preferred.Store(v)
 	stats := a.sys.Stats
 	if v {
 		stats.HomeConns.Add(1)

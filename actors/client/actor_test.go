@@ -29,7 +29,8 @@ func newActorEnv(t *testing.T) *actorEnv {
 		sys: e.sys, conn: e.ob.owner, netConn: e.ob.conn, outbox: e.ob,
 		since: time.Now(), serverInfo: []byte("server-info"),
 	}
-	pid := e.sys.Root.Spawn(e.sys.Props(func() actor.Actor { return a }))
+	props, _ := e.sys.Props(actors.ActorClient, func() actor.Actor { return a })
+	pid := e.sys.Root.Spawn(props)
 	e.ob.owner.PID = pid
 	e.d.RunUntilIdle()
 	e.sys.Stats.CurrentConns.Add(1) // as Serve does

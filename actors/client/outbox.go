@@ -175,7 +175,7 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	stats := o.sys.Stats
 	for range 3 {
 		if o.closed.Load() {
-			stats.Drop(actors.DropGoneDisconnected, kind, p.Len())
+			stats.DropFor(o.owner, actors.DropGoneDisconnected, kind, p.Len())
 			p.Release()
 			return
 		}
@@ -187,12 +187,12 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 		}
 		select {
 		case old := <-q:
-			stats.Drop(actors.DropQueueHead, kind, old.Len())
+			stats.DropFor(o.owner, actors.DropQueueHead, kind, old.Len())
 			old.Release()
 		default:
 		}
 	}
-	stats.Drop(actors.DropQueueTail, kind, p.Len())
+	stats.DropFor(o.owner, actors.DropQueueTail, kind, p.Len())
 	p.Release()
 }
 
@@ -510,6 +510,9 @@ func (o *Outbox) flush() {
 // mid-batch count too: nothing tells which did, and the connection is
 // dead either way.
 func (o *Outbox) lost() {
+	if o.owner != nil {
+		o.owner.Dropped[actors.DropWriteError].Add(o.sent.Packets)
+	}
 	o.sys.Stats.DropUnsent(actors.DropWriteError, &o.sent)
 	o.oldest = 0
 }
@@ -518,6 +521,10 @@ func (o *Outbox) lost() {
 func (o *Outbox) flushed(frames int) {
 	stats := o.sys.Stats
 	stats.NoteBatch(frames)
+	if c := o.owner; c != nil && o.sent.Packets > 0 {
+		c.PacketsSent.Add(o.sent.Packets)
+		c.BytesSent.Add(o.sent.Bytes)
+	}
 	stats.AddSent(&o.sent)
 	if o.oldest != 0 {
 		stats.NoteQueueDelay(float64(time.Now().UnixNano()-o.oldest) / 1e6)
@@ -532,7 +539,7 @@ func (o *Outbox) writePacket(p *wire.Packet) {
 	}
 	disco, n := p.IsDisco(), p.Len()
 	if err := o.w.WriteRaw(p.RecvFrame()); err != nil {
-		o.sys.Stats.Drop(actors.DropWriteError, actors.KindOf(disco), n)
+		o.sys.Stats.DropFor(o.owner, actors.DropWriteError, actors.KindOf(disco), n)
 	} else {
 		o.sent.Packets++
 		o.sent.Bytes += int64(n)
@@ -558,6 +565,7 @@ func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 		o.seen = make(map[wire.NodePublic]struct{})
 	}
 	o.seen[src] = struct{}{}
+	o.owner.UniqueSenders.Store(int64(len(o.seen)))
 	o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner, Source: src, Forwarded: forwarded})
 }
 
@@ -589,6 +597,9 @@ func (o *Outbox) writeCtrl() int {
 				// Should the peer come back and send again, that is a
 				// new relationship worth a new PeerGone later.
 				delete(o.seen, f.key)
+				if o.owner != nil {
+					o.owner.UniqueSenders.Store(int64(len(o.seen)))
+				}
 				if o.haveLast && o.lastSrc == f.key {
 					o.haveLast = false
 				}
@@ -646,10 +657,10 @@ func (o *Outbox) dropQueued() {
 	for {
 		select {
 		case p := <-o.disco:
-			stats.Drop(actors.DropGoneDisconnected, actors.KindDisco, p.Len())
+			stats.DropFor(o.owner, actors.DropGoneDisconnected, actors.KindDisco, p.Len())
 			p.Release()
 		case p := <-o.data:
-			stats.Drop(actors.DropGoneDisconnected, actors.KindOther, p.Len())
+			stats.DropFor(o.owner, actors.DropGoneDisconnected, actors.KindOther, p.Len())
 			p.Release()
 		default:
 			return

@@ -79,7 +79,8 @@ func newOutboxEnvOn(t testing.TB, conn net.Conn, cfg OutboxConfig) *outboxEnv {
 	d := actors.NewStepDispatcher()
 	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
 	rec := &recorder{}
-	sys.Registry = sys.Root.Spawn(sys.Props(func() actor.Actor { return rec }))
+	props, _ := sys.Props(actors.ActorRegistry, func() actor.Actor { return rec })
+	sys.Registry = sys.Root.Spawn(props)
 	d.RunUntilIdle()
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = time.Hour

@@ -87,6 +87,10 @@ func (r *reader) fold() {
 	if n := r.recv.ForwardedIn; n > 0 {
 		r.conn.ForwardedIn.Add(n)
 	}
+	if n := r.recv.Packets; n > 0 {
+		r.conn.PacketsRecv.Add(n)
+		r.conn.BytesRecv.Add(r.recv.Bytes)
+	}
 	r.sys.Stats.AddReceived(&r.recv)
 	r.sys.Stats.AddWaits(&r.waiter)
 }

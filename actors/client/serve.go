@@ -112,7 +112,9 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	}
 
 	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, since: start, serverInfo: si}
-	c.PID = sys.Root.SpawnPrefix(sys.Props(func() actor.Actor { return ca }), "client")
+	props, mbox := sys.Props(actors.ActorClient, func() actor.Actor { return ca })
+	c.Mailbox = mbox
+	c.PID = sys.Root.SpawnPrefix(props, "client")
 
 	stats := sys.Stats
 	stats.Accepts.Add(1)

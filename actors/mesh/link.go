@@ -138,6 +138,7 @@ type link struct {
 	rng *rand.Rand
 
 	self  *actor.PID
+	mbox  *actors.MailboxStats // nil in tests that spawn the link themselves
 	state LinkState
 
 	dialGen    uint64

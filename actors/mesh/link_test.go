@@ -59,7 +59,8 @@ func newLinkHarness(t *testing.T) *linkHarness {
 
 func (h *linkHarness) spawn() {
 	tg := Target{Name: "peer.test", Host: "peer.test", Port: 443}
-	h.pid = h.sys.Root.Spawn(h.sys.Props(func() actor.Actor { return newLink(h.sys, h.cfg, tg) }))
+	props, _ := h.sys.Props(actors.ActorMeshLink, func() actor.Actor { return newLink(h.sys, h.cfg, tg) })
+	h.pid = h.sys.Root.Spawn(props)
 	h.d.RunUntilIdle()
 }
 

@@ -81,6 +81,7 @@ type manager struct {
 	log    zerolog.Logger
 
 	self     *actor.PID
+	mbox     *actors.MailboxStats
 	links    map[string]*linkEntry
 	timer    actors.Timer
 	state    DNSState
@@ -117,7 +118,9 @@ func SpawnManager(sys *actors.System, cfg *Config, static []Target, dns *DNS) *a
 		}
 		m.state = DNSState{Name: dns.Name, Port: dns.Port, Interval: dns.Interval}
 	}
-	pid, err := sys.Root.SpawnNamed(sys.Props(func() actor.Actor { return m }), "mesh")
+	props, mbox := sys.Props(actors.ActorMesh, func() actor.Actor { return m })
+	m.mbox = mbox
+	pid, err := sys.Root.SpawnNamed(props, "mesh")
 	if err != nil {
 		panic("mesh: spawn: " + err.Error())
 	}
@@ -154,7 +157,16 @@ func (m *manager) add(ctx actor.Context, t Target) {
 		return
 	}
 	sys, cfg := m.sys, m.cfg
-	pid := ctx.SpawnPrefix(sys.Props(func() actor.Actor { return newLink(sys, cfg, t) }), "mesh-link")
+	// The link reports its mailbox's counts with its state; the producer
+	// runs at spawn, after Props has made them.
+	var mbox *actors.MailboxStats
+	var props *actor.Props
+	props, mbox = sys.Props(actors.ActorMeshLink, func() actor.Actor {
+		l := newLink(sys, cfg, t)
+		l.mbox = mbox
+		return l
+	})
+	pid := ctx.SpawnPrefix(props, "mesh-link")
 	m.links[t.Name] = &linkEntry{t: t, pid: pid}
 }
 

@@ -37,7 +37,8 @@ func sessionWithPeer(t *testing.T) (*session, *peerSide, chan any) {
 	ps := peer.next()
 	sys := actors.NewSystem(zerolog.Nop())
 	rec := &recorder{got: make(chan any, 64)}
-	pid := sys.Root.Spawn(sys.Props(func() actor.Actor { return rec }))
+	props, _ := sys.Props(actors.ActorMeshLink, func() actor.Actor { return rec })
+	pid := sys.Root.Spawn(props)
 	s := newSession(sys, pid, pc, 0, zerolog.Nop())
 	s.start()
 	t.Cleanup(s.close)

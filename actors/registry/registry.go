@@ -46,6 +46,8 @@ type Registry struct {
 	remoteOnly int // keys with forwarders and no local connection
 
 	maxSessionKeys int
+
+	mbox *actors.MailboxStats // its own mailbox's counts
 }
 
 // session is one connected mesh link session: a peer server whose
@@ -119,7 +121,9 @@ func New(sys *actors.System, serverKey wire.NodePublic, opts ...Option) *Registr
 
 // Props returns the props that spawn r.
 func (r *Registry) Props() *actor.Props {
-	return r.sys.Props(func() actor.Actor { return r })
+	props, mbox := r.sys.Props(actors.ActorRegistry, func() actor.Actor { return r })
+	r.mbox = mbox
+	return props
 }
 
 // Spawn starts a registry and records its PID in the system.
@@ -164,6 +168,10 @@ func (r *Registry) Receive(ctx actor.Context) {
 		ctx.Respond(r.state())
 	case *actors.GetMeshConns:
 		ctx.Respond(r.meshConns())
+	case *actors.GetConns:
+		ctx.Respond(r.connList())
+	case *actors.GetPeer:
+		ctx.Respond(r.peer(m.Key))
 	case *actors.CheckConsistency:
 		ctx.Respond(&actors.ConsistencyReport{Problems: r.check()})
 	}
@@ -426,6 +434,33 @@ func (r *Registry) state() *actors.RegistryState {
 		}
 	}
 	return st
+}
+
+// connList hands out every connection. It is one pointer copy per
+// connection, with no sorting and no rendering, so that even a registry of
+// tens of thousands holds its mailbox for a moment only; the page that
+// asked does the rest on its own goroutine.
+func (r *Registry) connList() *actors.Conns {
+	out := &actors.Conns{List: make([]actors.ConnEntry, 0, len(r.conns))}
+	for c := range r.conns {
+		_, watching := r.watchers[c]
+		out.List = append(out.List, actors.ConnEntry{Conn: c, Active: r.keys[c.Key].active.conn == c, Watching: watching})
+	}
+	return out
+}
+
+func (r *Registry) peer(k wire.NodePublic) *actors.Peer {
+	out := &actors.Peer{Key: k, HeardFrom: len(r.recipients[k])}
+	if ks := r.keys[k]; ks != nil {
+		for _, cs := range ks.conns {
+			_, watching := r.watchers[cs.conn]
+			out.Conns = append(out.Conns, actors.ConnEntry{Conn: cs.conn, Active: cs == ks.active, Watching: watching})
+		}
+	}
+	for _, s := range r.forwarders[k] {
+		out.ForwardedBy = append(out.ForwardedBy, s.peer)
+	}
+	return out
 }
 
 func (r *Registry) meshConns() *actors.MeshConns {

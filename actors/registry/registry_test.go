@@ -85,7 +85,8 @@ func key(b byte) wire.NodePublic {
 func (h *harness) connect(k wire.NodePublic, mesh bool) *fakeClient {
 	h.ids++
 	f := &fakeClient{sink: &fakeSink{name: fmt.Sprint(h.ids)}}
-	pid := h.sys.Root.Spawn(h.sys.Props(func() actor.Actor { return f }))
+	props, _ := h.sys.Props(actors.ActorClient, func() actor.Actor { return f })
+	pid := h.sys.Root.Spawn(props)
 	flags := wire.PeerPresentIsRegular
 	if mesh {
 		flags = wire.PeerPresentIsMeshPeer
@@ -518,5 +519,54 @@ func TestRandomChurnStaysConsistent(t *testing.T) {
 				t.Fatalf("state %+v, want %d conns over %d keys", st, len(live), len(keys))
 			}
 		})
+	}
+}
+
+func (h *harness) ask(msg any) any {
+	h.t.Helper()
+	f := h.sys.Root.RequestFuture(h.reg, msg, time.Minute)
+	h.d.RunUntilIdle()
+	res, err := f.Result()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return res
+}
+
+// The debug pages' queries: every connection with its role, and one
+// key's connections, forwarders and receivers.
+func TestConnAndPeerQueries(t *testing.T) {
+	h := newHarness(t)
+	a1 := h.connect(key(1), false)
+	a2 := h.connect(key(1), false)
+	w := h.connect(key(9), true)
+	h.send(&actors.WatchConns{Conn: w.conn})
+	b := h.connect(key(2), false)
+	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.linkUp(1)
+	h.update(1, true, key(1))
+
+	conns := h.ask(&actors.GetConns{}).(*actors.Conns)
+	got := map[uint64]string{}
+	for _, e := range conns.List {
+		got[e.Conn.ID] = fmt.Sprintf("active=%v watching=%v", e.Active, e.Watching)
+	}
+	want := map[uint64]string{
+		a1.conn.ID: "active=false watching=false", a2.conn.ID: "active=true watching=false",
+		w.conn.ID: "active=true watching=true", b.conn.ID: "active=true watching=false",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("GetConns %v, want %v", got, want)
+	}
+
+	p := h.ask(&actors.GetPeer{Key: key(1)}).(*actors.Peer)
+	if len(p.Conns) != 2 || p.Conns[0].Conn != a1.conn || p.Conns[1].Conn != a2.conn || p.Conns[0].Active || !p.Conns[1].Active {
+		t.Fatalf("GetPeer conns %+v", p.Conns)
+	}
+	if fmt.Sprint(p.ForwardedBy) != "[session1]" || p.HeardFrom != 1 {
+		t.Fatalf("GetPeer forwarded by %v heard from %d", p.ForwardedBy, p.HeardFrom)
+	}
+	if p := h.ask(&actors.GetPeer{Key: key(7)}).(*actors.Peer); len(p.Conns) != 0 || len(p.ForwardedBy) != 0 {
+		t.Fatalf("unknown key: %+v", p)
 	}
 }
