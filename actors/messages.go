@@ -227,3 +227,32 @@ type CheckConsistency struct{}
 
 // ConsistencyReport lists every disagreement found; empty means healthy.
 type ConsistencyReport struct{ Problems []string }
+
+// GetFlows asks the flows actor for the flows it tracks, busiest first;
+// it answers FlowsSnapshot.
+type GetFlows struct {
+	Key   wire.NodePublic // non-zero: only flows from or to this key
+	Limit int             // at most this many (0: all)
+}
+
+// FlowsSnapshot is the answer to GetFlows.
+type FlowsSnapshot struct {
+	Flows   []FlowInfo
+	Tracked int   // flows tracked in all
+	Evicted int64 // flows forgotten to stay within the bound
+	Swept   int64 // flows forgotten for being inactive
+	Tallies int   // connections whose flows are counted
+	Window  time.Duration
+}
+
+// FlowInfo is one flow: totals since it was first seen, and its rates over
+// the last Window.
+type FlowInfo struct {
+	Src, Dst   wire.NodePublic
+	Via        string // the mesh peer it came from or went to; "" when local
+	Bytes      int64
+	Packets    int64
+	BPS, PPS   float64
+	First      time.Time
+	LastActive time.Time
+}

@@ -133,6 +133,8 @@ func SendWaiting[T any](w *Waiter, q chan<- T, v T, d time.Duration) bool {
 // wait on a link that has stopped taking data.
 type Forwarder interface {
 	ForwardPacket(dst wire.NodePublic, p *wire.Packet, w *Waiter)
+	// Name is the link's, for flows and drops that name the peer.
+	Name() string
 }
 
 // Route is where packets for one key go. Routes are immutable: the registry

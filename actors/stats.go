@@ -101,6 +101,10 @@ type Stats struct {
 	MeshKeysRefused       atomic.Int64 // announcements beyond a session's key limit
 	MeshKeyMismatch       atomic.Int64 // clients that presented a mesh key other than ours
 
+	FlowsTracked atomic.Int64 // set by the flows actor
+	FlowsEvicted atomic.Int64 // forgotten to stay within -flows-max
+	FlowsSwept   atomic.Int64 // forgotten for being inactive
+
 	QueueWaits          atomic.Int64 // a reader waited for room in a full queue
 	QueueWaitTimeouts   atomic.Int64 // …and gave up, dropping the oldest instead
 	PacketsReceived     atomic.Int64
@@ -320,6 +324,9 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Counter("derp_packet_forwarder_delete_other_value", s.ForwarderDeleteOther.Load())
 	p.Counter("derpd_mesh_keys_refused", s.MeshKeysRefused.Load())
 	p.Counter("derpd_mesh_key_mismatch", s.MeshKeyMismatch.Load())
+	p.Gauge("derpd_flows_tracked", s.FlowsTracked.Load())
+	p.Counter("derpd_flows_evicted", s.FlowsEvicted.Load())
+	p.Counter("derpd_flows_swept", s.FlowsSwept.Load())
 	p.Counter("derpd_handshake_errors", s.HandshakeErrors.Load())
 	p.Counter("derpd_admission_rejected", s.Rejected.Load())
 	p.Counter("derpd_queue_waits", s.QueueWaits.Load())

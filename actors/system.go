@@ -26,6 +26,12 @@ type System struct {
 	// before the first connection is accepted.
 	Registry *actor.PID
 
+	// Flows is the flows actor, nil when flows are not counted (-flows
+	// off); Rejects is the rejects actor. Set once before the first
+	// connection, as Registry.
+	Flows   *actor.PID
+	Rejects *actor.PID
+
 	dispatcher actor.Dispatcher
 	middleware []actor.ReceiverMiddleware
 	connIDs    atomic.Uint64

@@ -19,7 +19,8 @@ type clientActor struct {
 	outbox  *Outbox
 	since   time.Time
 
-	serverInfo  []byte // sealed ServerInfo body, sent once registered
+	serverInfo  []byte            // sealed ServerInfo body, sent once registered
+	flows       *actors.FlowTally // its reader's flow counters, nil if none
 	preferred   bool
 	done        bool   // the reader ended
 	closeReason string // why the server closed the connection, if it did
@@ -59,6 +60,9 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		a.outbox.Close()
 		a.netConn.Close()
 		ctx.Send(a.sys.Registry, &actors.Unregister{Conn: a.conn})
+		if a.flows != nil {
+			ctx.Send(a.sys.Flows, &actors.FlowTallyEnded{Tally: a.flows})
+		}
 		stats := a.sys.Stats
 		stats.CurrentConns.Add(-1)
 		if m.notIdeal {

@@ -36,13 +36,19 @@ type reader struct {
 	routes *actors.RouteTable
 
 	recv    actors.ReceiveCounts
-	waiter  actors.Waiter // for bounded waits on full destination queues
-	now     int64         // time of the last socket read, stamped on queued packets
-	notHere *rate.Limiter // created on first use: most clients never need it
+	waiter  actors.Waiter     // for bounded waits on full destination queues
+	flows   *actors.FlowTally // nil when flows are not counted
+	via     string            // for a mesh peer's link: the peer, for the flows it forwards in
+	now     int64             // time of the last socket read, stamped on queued packets
+	notHere *rate.Limiter     // created on first use: most clients never need it
 }
 
-func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader) *reader {
-	return &reader{sys: sys, conn: c, outbox: ob, rd: rd, routes: sys.Routes}
+func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
+	r := &reader{sys: sys, conn: c, outbox: ob, rd: rd, routes: sys.Routes, flows: flows}
+	if c.CanMesh {
+		r.via = c.Key.String()
+	}
+	return r
 }
 
 // run reads frames until the connection fails or the client breaks the
@@ -224,6 +230,13 @@ func (r *reader) forwardPacket(n uint32) error {
 func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded bool) {
 	if rt := r.routes.Lookup(dst); rt != nil {
 		if rt.Local != nil {
+			if r.flows != nil {
+				via := ""
+				if forwarded {
+					via = r.via
+				}
+				r.flows.Count(p.Source(), dst, via, p.Len())
+			}
 			p.QueuedAt = r.now
 			r.waiter.Direct = r.rd.Buffered() == 0
 			r.waiter.Burst = r.rd.FrameBuffered()
@@ -235,6 +248,9 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 			// up drops, it never holds this reader (upstream writes to
 			// the link from here, so one slow peer stalls every sender).
 			r.recv.ForwardedOut++
+			if r.flows != nil {
+				r.flows.Count(p.Source(), dst, rt.Forward.Name(), p.Len())
+			}
 			rt.Forward.ForwardPacket(dst, p, &r.waiter)
 			return
 		}

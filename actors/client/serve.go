@@ -135,7 +135,17 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	// The read loop gets a goroutine of its own, started with a small
 	// stack: the handshake (NaCl, JSON, logging) ran deep on this one,
 	// and an idle connection's reader should not keep that stack.
-	r := newReader(sys, c, ob, rd)
+	var tally *actors.FlowTally
+	if sys.Flows != nil {
+		size := actors.DefaultFlowTallySize
+		if canMesh {
+			size = actors.MeshFlowTallySize
+		}
+		tally = actors.NewFlowTally(c.ID, size)
+		sys.Send(sys.Flows, &actors.FlowTallyStarted{Tally: tally})
+		ca.flows = tally
+	}
+	r := newReader(sys, c, ob, rd, tally)
 	go func() {
 		err := r.run()
 		rd.Release()

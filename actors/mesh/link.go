@@ -269,7 +269,7 @@ func (l *link) dialed(ctx actor.Context, out dialOutcome) {
 		ev.Err(out.err).Str("url", l.t.URL()).Str("dial", l.t.DialAddr()).Int("failures", l.state.Failures).
 			Dur("retry_in", l.scheduleRetry()).Msg("mesh link could not connect")
 	default:
-		s := newSession(l.sys, l.self, out.pc, l.cfg.QueueDepth, l.log)
+		s := newSession(l.sys, l.self, l.t.Name, out.pc, l.cfg.QueueDepth, l.log)
 		l.sess = s
 		l.setStatus(StatusUp)
 		l.state.Sessions++

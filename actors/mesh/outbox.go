@@ -93,6 +93,7 @@ type queued struct {
 // nothing.
 type outbox struct {
 	sys  *actors.System
+	name string // the link's
 	conn net.Conn
 	w    *wire.Writer
 
@@ -147,6 +148,9 @@ func newOutbox(sys *actors.System, conn net.Conn, sock *stampedConn, depth int) 
 	o.w = wire.NewWriter(conn, 0)
 	return o
 }
+
+// Name implements actors.Forwarder.
+func (o *outbox) Name() string { return o.name }
 
 // ForwardPacket implements actors.Forwarder. It is called from other
 // connections' read loops.

@@ -53,7 +53,7 @@ type session struct {
 	health string       // reader only: the peer's last Health text
 }
 
-func newSession(sys *actors.System, link *actor.PID, pc *peerConn, depth int, log zerolog.Logger) *session {
+func newSession(sys *actors.System, link *actor.PID, name string, pc *peerConn, depth int, log zerolog.Logger) *session {
 	s := &session{
 		id:       sys.NextConnID(),
 		sys:      sys,
@@ -66,6 +66,7 @@ func newSession(sys *actors.System, link *actor.PID, pc *peerConn, depth int, lo
 		done:     make(chan struct{}),
 		readDone: make(chan struct{}),
 	}
+	s.out.name = name
 	s.credit <- struct{}{}
 	return s
 }

@@ -39,7 +39,7 @@ func sessionWithPeer(t *testing.T) (*session, *peerSide, chan any) {
 	rec := &recorder{got: make(chan any, 64)}
 	props, _ := sys.Props(actors.ActorMeshLink, func() actor.Actor { return rec })
 	pid := sys.Root.Spawn(props)
-	s := newSession(sys, pid, pc, 0, zerolog.Nop())
+	s := newSession(sys, pid, "peer", pc, 0, zerolog.Nop())
 	s.start()
 	t.Cleanup(s.close)
 	return s, ps, rec.got

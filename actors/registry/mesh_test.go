@@ -22,6 +22,8 @@ func (*fakeForwarder) ForwardPacket(_ wire.NodePublic, p *wire.Packet, _ *actors
 
 func (f *fakeForwarder) String() string { return f.name }
 
+func (f *fakeForwarder) Name() string { return f.name }
+
 // linkUp registers a mesh session with a forwarder of its own.
 func (h *harness) linkUp(id uint64) *fakeForwarder {
 	f := &fakeForwarder{name: fmt.Sprint("session", id)}
