@@ -60,12 +60,24 @@ type Waiter struct {
 	// write, made by the owner, instead of waking a writer per burst.
 	Burst bool
 
+	// Rejects, when set, gathers what the destinations this loop sends to
+	// could not deliver, for the rejects actor; the owner sends it on.
+	Rejects *RejectTally
+
 	// deferred is the destination this loop queued packets for without
 	// waking it; at most one at a time.
 	deferred Deferrer
 
 	// Counts since the owner last folded them into Stats.
 	Waits, Timeouts int64
+}
+
+// NoteDrop records, when w gathers rejects, that a packet for key was
+// not delivered.
+func (w *Waiter) NoteDrop(reason RejectReason, key wire.NodePublic, detail string) {
+	if w != nil && w.Rejects != nil {
+		w.Rejects.Note(RejectDelivery, reason, key, wire.NodePublic{}, detail)
+	}
 }
 
 // Deferrer is a destination that lets a read loop wake it late.

@@ -105,6 +105,9 @@ type Stats struct {
 	FlowsEvicted atomic.Int64 // forgotten to stay within -flows-max
 	FlowsSwept   atomic.Int64 // forgotten for being inactive
 
+	RejectsTracked atomic.Int64 // entries of the rejects aggregate; set by its actor
+	RejectsEvicted atomic.Int64 // entries forgotten to stay within -rejects-max
+
 	QueueWaits          atomic.Int64 // a reader waited for room in a full queue
 	QueueWaitTimeouts   atomic.Int64 // …and gave up, dropping the oldest instead
 	PacketsReceived     atomic.Int64
@@ -327,6 +330,8 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Gauge("derpd_flows_tracked", s.FlowsTracked.Load())
 	p.Counter("derpd_flows_evicted", s.FlowsEvicted.Load())
 	p.Counter("derpd_flows_swept", s.FlowsSwept.Load())
+	p.Gauge("derpd_rejects_tracked", s.RejectsTracked.Load())
+	p.Counter("derpd_rejects_evicted", s.RejectsEvicted.Load())
 	p.Counter("derpd_handshake_errors", s.HandshakeErrors.Load())
 	p.Counter("derpd_admission_rejected", s.Rejected.Load())
 	p.Counter("derpd_queue_waits", s.QueueWaits.Load())

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"errors"
 	"net"
+	"os"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -71,9 +73,41 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		if a.preferred {
 			stats.HomeConns.Add(-1)
 		}
-		logDisconnect(connLog(a.sys, a.conn), m.err, a.closeReason, a.since)
+		reason := logDisconnect(connLog(a.sys, a.conn), m.err, a.closeReason, a.since)
+		a.recordEnd(m.err, reason)
 		ctx.Stop(ctx.Self())
 	}
+}
+
+// recordEnd tells the rejects actor how the connection ended: always, for
+// the ring of recent disconnects, and as a reject when the client broke
+// the protocol or could not be written to.
+func (a *clientActor) recordEnd(err error, reason string) {
+	rj := a.sys.Rejects
+	if rj == nil {
+		return
+	}
+	c := a.conn
+	d := &actors.Disconnected{Conn: c.ID, Key: c.Key, Addr: c.Addr, Since: a.since, Mesh: c.CanMesh, Reason: reason, Close: a.closeReason}
+	if err != nil {
+		d.Error = err.Error()
+	}
+	ev := actors.RejectEvent{Key: c.Key, Addr: c.Addr, Count: 1}
+	if r, ok := protocolReason(err); ok {
+		ev.Dir, ev.Reason, ev.Detail = actors.RejectConnection, r, err.Error()
+	} else if werr := a.outbox.WriteErr(); werr != nil {
+		ev.Dir, ev.Reason, ev.Detail = actors.RejectDelivery, actors.RejectWriteError, werr.Error()
+		d.Error = "writing: " + werr.Error()
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			ev.Reason = actors.RejectWriteTimeout
+		}
+	} else {
+		ev.Count = 0
+	}
+	if ev.Count > 0 {
+		a.sys.Send(rj, &actors.RejectBatch{Events: []actors.RejectEvent{ev}})
+	}
+	a.sys.Send(rj, d)
 }
 
 func (a *clientActor) setPreferred(v bool) {

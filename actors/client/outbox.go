@@ -52,7 +52,8 @@ type Outbox struct {
 	// for it.
 	writeStart atomic.Int64
 	closeOnce  sync.Once
-	finished   chan struct{} // closed when the writer goroutine has exited
+	finished   chan struct{}         // closed when the writer goroutine has exited
+	writeErr   atomic.Pointer[error] // the first write error, which ended the connection
 
 	ctrlMu      sync.Mutex
 	ctrl        []ctrlFrame
@@ -176,6 +177,7 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 	for range 3 {
 		if o.closed.Load() {
 			stats.DropFor(o.owner, actors.DropGoneDisconnected, kind, p.Len())
+			w.NoteDrop(actors.RejectReceiverGone, o.owner.Key, "")
 			p.Release()
 			return
 		}
@@ -188,11 +190,13 @@ func (o *Outbox) SendPacket(p *wire.Packet, w *actors.Waiter) {
 		select {
 		case old := <-q:
 			stats.DropFor(o.owner, actors.DropQueueHead, kind, old.Len())
+			w.NoteDrop(actors.RejectQueueFull, o.owner.Key, "")
 			old.Release()
 		default:
 		}
 	}
 	stats.DropFor(o.owner, actors.DropQueueTail, kind, p.Len())
+	w.NoteDrop(actors.RejectQueueFull, o.owner.Key, "")
 	p.Release()
 }
 
@@ -339,6 +343,14 @@ func (o *Outbox) Close() {
 			o.finish()
 		}
 	})
+}
+
+// WriteErr is the write error that ended the connection, if one did.
+func (o *Outbox) WriteErr() error {
+	if p := o.writeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Finished is closed once the outbox is closed and its writer, if any,
@@ -630,6 +642,7 @@ func (o *Outbox) writeCtrl() int {
 // fail handles a write error: the connection is unusable, so close it; the
 // reader then fails too and the client actor cleans up.
 func (o *Outbox) fail(err error) {
+	o.writeErr.CompareAndSwap(nil, &err)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		o.sys.Stats.WriteTimeouts.Add(1)
 	}

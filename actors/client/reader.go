@@ -11,18 +11,39 @@ import (
 )
 
 // protocolError is a client breaking the protocol: the connection is
-// closed and the reason logged.
-type protocolError struct{ msg string }
+// closed and the reason logged, and recorded among the rejects.
+type protocolError struct {
+	msg    string
+	reason actors.RejectReason
+}
 
 func (e *protocolError) Error() string { return e.msg }
 
 func protoErrorf(format string, args ...any) error {
-	return &protocolError{msg: fmt.Sprintf(format, args...)}
+	return &protocolError{msg: fmt.Sprintf(format, args...), reason: actors.RejectProtocolViolation}
+}
+
+// privilegeErrorf is a client without the mesh key using what only mesh
+// peers may.
+func privilegeErrorf(format string, args ...any) error {
+	return &protocolError{msg: fmt.Sprintf(format, args...), reason: actors.RejectNonMeshPrivilege}
 }
 
 func isProtocolError(err error) bool {
+	_, ok := protocolReason(err)
+	return ok
+}
+
+// protocolReason says which breach of the protocol err is, if it is one.
+func protocolReason(err error) (actors.RejectReason, bool) {
 	var pe *protocolError
-	return errors.As(err, &pe) || errors.Is(err, wire.ErrFrameTooLarge)
+	switch {
+	case errors.As(err, &pe):
+		return pe.reason, true
+	case errors.Is(err, wire.ErrFrameTooLarge):
+		return actors.RejectOversizeFrame, true
+	}
+	return 0, false
 }
 
 // reader is a connection's read loop. It owns the socket's read half, the
@@ -36,15 +57,17 @@ type reader struct {
 	routes *actors.RouteTable
 
 	recv    actors.ReceiveCounts
-	waiter  actors.Waiter     // for bounded waits on full destination queues
-	flows   *actors.FlowTally // nil when flows are not counted
-	via     string            // for a mesh peer's link: the peer, for the flows it forwards in
-	now     int64             // time of the last socket read, stamped on queued packets
-	notHere *rate.Limiter     // created on first use: most clients never need it
+	waiter  actors.Waiter      // for bounded waits on full destination queues
+	flows   *actors.FlowTally  // nil when flows are not counted
+	rejects actors.RejectTally // packets it could not route or deliver, until the next fold
+	via     string             // for a mesh peer's link: the peer, for the flows it forwards in
+	now     int64              // time of the last socket read, stamped on queued packets
+	notHere *rate.Limiter      // created on first use: most clients never need it
 }
 
 func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
 	r := &reader{sys: sys, conn: c, outbox: ob, rd: rd, routes: sys.Routes, flows: flows}
+	r.waiter.Rejects = &r.rejects
 	if c.CanMesh {
 		r.via = c.Key.String()
 	}
@@ -99,6 +122,9 @@ func (r *reader) fold() {
 	}
 	r.sys.Stats.AddReceived(&r.recv)
 	r.sys.Stats.AddWaits(&r.waiter)
+	if ev := r.rejects.Take(); ev != nil && r.sys.Rejects != nil {
+		r.sys.Send(r.sys.Rejects, &actors.RejectBatch{Events: ev})
+	}
 }
 
 // noteActivity makes this connection, one of several for its key, the one
@@ -142,7 +168,7 @@ func (r *reader) handle(t wire.FrameType, n uint32) error {
 		r.outbox.QueuePong(data)
 	case wire.FrameWatchConns:
 		if !r.conn.CanMesh {
-			return protoErrorf("WatchConns from a client without the mesh key")
+			return privilegeErrorf("WatchConns from a client without the mesh key")
 		}
 		if n != 0 {
 			return protoErrorf("WatchConns of %d bytes, want 0", n)
@@ -150,7 +176,7 @@ func (r *reader) handle(t wire.FrameType, n uint32) error {
 		r.sys.Send(r.sys.Registry, &actors.WatchConns{Conn: r.conn})
 	case wire.FrameClosePeer:
 		if !r.conn.CanMesh {
-			return protoErrorf("ClosePeer from a client without the mesh key")
+			return privilegeErrorf("ClosePeer from a client without the mesh key")
 		}
 		if n != wire.KeyLen {
 			return protoErrorf("ClosePeer of %d bytes, want %d", n, wire.KeyLen)
@@ -199,7 +225,7 @@ func (r *reader) sendPacket(n uint32) error {
 // and cannot loop.
 func (r *reader) forwardPacket(n uint32) error {
 	if !r.conn.CanMesh {
-		return protoErrorf("ForwardPacket from a client without the mesh key")
+		return privilegeErrorf("ForwardPacket from a client without the mesh key")
 	}
 	if n < 2*wire.KeyLen || n > wire.MaxForwardFrameBody {
 		return protoErrorf("ForwardPacket of %d bytes, want %d to %d", n, 2*wire.KeyLen, wire.MaxForwardFrameBody)
@@ -255,11 +281,12 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 			return
 		}
 	}
-	reason := actors.DropUnknownDest
+	reason, detail := actors.DropUnknownDest, ""
 	if forwarded {
-		reason = actors.DropUnknownDestOnFwd
+		reason, detail = actors.DropUnknownDestOnFwd, "forwarded by a mesh peer"
 	}
 	r.sys.Stats.Drop(reason, actors.KindOf(disco), p.Len())
+	r.rejects.Note(actors.RejectPacket, actors.RejectUnknownDest, p.Source(), dst, detail)
 	p.Release()
 	if disco {
 		// Tell the sender (for a forwarded packet, the mesh peer) that the

@@ -55,6 +55,8 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 		// a mesh privilege. For a mesh peer that is the WatchConns it
 		// sends next, so say here what is wrong.
 		sys.Stats.MeshKeyMismatch.Add(1)
+		reject(sys, actors.RejectEvent{Dir: actors.RejectConnection, Reason: actors.RejectMeshKeyMismatch, Key: key, Addr: a.Addr,
+			Detail: "served as an ordinary client"})
 		log.Warn().Str("key", key.String()).Bool("server_has_mesh_key", !cfg.MeshKey.IsZero()).
 			Msg("client presented a mesh key that is not this server's; serving it as an ordinary client")
 	}
@@ -64,6 +66,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 		cancel()
 		if err != nil {
 			sys.Stats.Rejected.Add(1)
+			reject(sys, actors.RejectEvent{Dir: actors.RejectConnection, Reason: actors.RejectAdmissionDenied, Key: key, Addr: a.Addr, Detail: err.Error()})
 			log.Info().Str("key", key.String()).Err(err).Msg("client refused by admission control")
 			conn.Close()
 			rd.Release()
@@ -72,6 +75,13 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	}
 	if err != nil {
 		sys.Stats.HandshakeErrors.Add(1)
+		// The key, if the ClientInfo got as far as naming one (a box that
+		// does not open), else only the address.
+		detail := err.Error()
+		if !key.IsZero() {
+			detail += " (the key is as claimed, not proven)"
+		}
+		reject(sys, actors.RejectEvent{Dir: actors.RejectConnection, Reason: actors.RejectBadHandshake, Key: key, Addr: a.Addr, Detail: detail})
 		ev := log.Info()
 		if !isBenign(err) {
 			ev = log.Warn()
@@ -153,6 +163,15 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	}()
 }
 
+// reject tells the rejects actor, if there is one, of one event.
+func reject(sys *actors.System, ev actors.RejectEvent) {
+	if sys.Rejects == nil {
+		return
+	}
+	ev.Count = 1
+	sys.Send(sys.Rejects, &actors.RejectBatch{Events: []actors.RejectEvent{ev}})
+}
+
 // connLog is the logger for one connection's events. It is built when a
 // line is written rather than kept per connection: lines are rare, and a
 // logger with context fields costs every idle connection memory.
@@ -225,7 +244,7 @@ func isBenign(err error) bool {
 // logDisconnect writes the one line an operator sees when a client leaves.
 // closeReason is why the server closed the connection, if it did: the
 // reader's error then only says that the socket was closed.
-func logDisconnect(log *zerolog.Logger, err error, closeReason string, since time.Time) {
+func logDisconnect(log *zerolog.Logger, err error, closeReason string, since time.Time) string {
 	ev := log.Info()
 	reason := "closed"
 	switch {
@@ -247,4 +266,5 @@ func logDisconnect(log *zerolog.Logger, err error, closeReason string, since tim
 		ev = ev.Str("close_reason", closeReason)
 	}
 	ev.Str("reason", reason).Dur("duration", time.Since(since)).Msg("client disconnected")
+	return reason
 }

@@ -161,6 +161,7 @@ func (o *outbox) ForwardPacket(dst wire.NodePublic, p *wire.Packet, w *actors.Wa
 	}
 	if o.closed.Load() {
 		o.drop(DropLinkDown, kind, p)
+		w.NoteDrop(actors.RejectMeshLinkDown, dst, o.name)
 		return
 	}
 	it := queued{p: p, dst: dst}
@@ -181,6 +182,7 @@ func (o *outbox) ForwardPacket(dst wire.NodePublic, p *wire.Packet, w *actors.Wa
 	for range 3 {
 		if o.closed.Load() {
 			o.drop(DropLinkDown, kind, p)
+			w.NoteDrop(actors.RejectMeshLinkDown, dst, o.name)
 			return
 		}
 		select {
@@ -193,12 +195,14 @@ func (o *outbox) ForwardPacket(dst wire.NodePublic, p *wire.Packet, w *actors.Wa
 		case old := <-q:
 			o.dropped[DropQueueFull].Add(1)
 			o.sys.Stats.Drop(actors.DropQueueHead, kind, old.p.Len())
+			w.NoteDrop(actors.RejectMeshQueueFull, old.dst, o.name)
 			old.p.Release()
 		default:
 		}
 	}
 	o.dropped[DropQueueFull].Add(1)
 	o.sys.Stats.Drop(actors.DropQueueTail, kind, p.Len())
+	w.NoteDrop(actors.RejectMeshQueueFull, dst, o.name)
 	p.Release()
 }
 
