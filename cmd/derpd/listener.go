@@ -18,6 +18,9 @@ type listener struct {
 
 	accepted atomic.Int64
 	rejected atomic.Int64
+
+	// onReject, if set, hears of every socket closed for the limit.
+	onReject func(net.Addr)
 }
 
 func listen(addr string, keepAliveIdle, userTimeout time.Duration, limit float64, burst int) (*listener, error) {
@@ -57,6 +60,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		if l.limit != nil && !l.limit.Allow() {
 			l.rejected.Add(1)
+			if l.onReject != nil {
+				l.onReject(c.RemoteAddr())
+			}
 			c.Close()
 			continue
 		}
