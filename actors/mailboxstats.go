@@ -76,3 +76,22 @@ func (c mailboxCounter) MessageReceived(msg any) {
 }
 
 func (c mailboxCounter) MailboxEmpty() {}
+
+// MailboxCounts is a copy of an actor's counts, for answers to queries.
+type MailboxCounts struct {
+	Depth     int64
+	Processed int64
+}
+
+// Counts returns a copy; the zero counts for a nil m.
+func (m *MailboxStats) Counts() MailboxCounts {
+	if m == nil {
+		return MailboxCounts{}
+	}
+	return MailboxCounts{Depth: m.Depth(), Processed: m.Processed()}
+}
+
+// QueueDepther is a PacketSink that can say how much waits in it.
+type QueueDepther interface {
+	QueueDepths() (data, disco int)
+}

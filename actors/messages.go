@@ -167,6 +167,8 @@ type RegistryState struct {
 	RemoteKeys   int // keys known only through mesh links
 	MeshSessions int // mesh link sessions that are up
 	MultiLinked  int // keys announced by more than one session
+
+	Mailbox MailboxCounts // the registry's own
 }
 
 // GetConns asks the registry for every connection; it answers Conns.
@@ -243,6 +245,7 @@ type FlowsSnapshot struct {
 	Swept   int64 // flows forgotten for being inactive
 	Tallies int   // connections whose flows are counted
 	Window  time.Duration
+	Mailbox MailboxCounts // the flows actor's own
 }
 
 // FlowInfo is one flow: totals since it was first seen, and its rates over

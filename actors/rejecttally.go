@@ -153,6 +153,7 @@ type RejectsSnapshot struct {
 	Disconnects []DisconnectInfo
 	Evicted     [NumRejectDirections]int64 // entries forgotten to stay within the bound
 	Max         int                        // entries kept per direction
+	Mailbox     MailboxCounts              // the rejects actor's own
 }
 
 // RejectInfo is one aggregated entry.

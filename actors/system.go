@@ -158,3 +158,22 @@ func slogToZerolog(l slog.Level) zerolog.Level {
 		return zerolog.DebugLevel
 	}
 }
+
+// WritePrometheus writes the per-kind actor series: how many actors of
+// each kind run, the messages waiting in their mailboxes, and the
+// messages they have processed.
+func (s *System) WritePrometheus(p PromWriter) {
+	for _, m := range []struct {
+		name, typ string
+		value     func(*KindStats) int64
+	}{
+		{"derpd_actors", "gauge", (*KindStats).Live},
+		{"derpd_actor_mailbox_depth", "gauge", (*KindStats).Depth},
+		{"derpd_actor_messages_processed", "counter", (*KindStats).Processed},
+	} {
+		p.Header(m.name, m.typ)
+		for _, k := range ActorKinds {
+			p.Sample(m.name, `kind="`+string(k)+`"`, float64(m.value(s.kinds[k])))
+		}
+	}
+}

@@ -345,6 +345,9 @@ func (o *Outbox) Close() {
 	})
 }
 
+// QueueDepths implements actors.QueueDepther.
+func (o *Outbox) QueueDepths() (data, disco int) { return len(o.data), len(o.disco) }
+
 // WriteErr is the write error that ended the connection, if one did.
 func (o *Outbox) WriteErr() error {
 	if p := o.writeErr.Load(); p != nil {

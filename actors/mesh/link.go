@@ -118,6 +118,8 @@ type LinkState struct {
 	ForwardedOut int64 // packets written to the peer, all sessions
 	QueueDepth   int
 	Dropped      [numDropReasons]int64 // by DropReason, all sessions
+
+	Mailbox actors.MailboxCounts // the link actor's own
 }
 
 // DroppedByReason returns Dropped keyed by reason name.
@@ -371,6 +373,7 @@ func (l *link) stop(ctx actor.Context) {
 
 func (l *link) snapshot() *LinkState {
 	st := l.state
+	st.Mailbox = l.mbox.Counts()
 	st.ForwardedOut = l.forwardedBefore
 	st.Dropped = l.droppedBefore
 	for _, o := range []*outbox{l.retired, l.sessOutbox()} {

@@ -44,8 +44,9 @@ type (
 	GetLinks struct{}
 	// Links lists the links by name, and the state of the DNS lookup.
 	Links struct {
-		Links []LinkRef
-		DNS   *DNSState // nil without -mesh-dns
+		Links   []LinkRef
+		DNS     *DNSState // nil without -mesh-dns
+		Mailbox actors.MailboxCounts
 	}
 	// LinkRef names one link actor.
 	LinkRef struct {
@@ -253,7 +254,7 @@ func (m *manager) sortedNames() []string {
 }
 
 func (m *manager) list() *Links {
-	out := &Links{}
+	out := &Links{Mailbox: m.mbox.Counts()}
 	for _, name := range m.sortedNames() {
 		out.Links = append(out.Links, LinkRef{Name: name, PID: m.links[name].pid})
 	}

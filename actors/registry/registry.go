@@ -426,6 +426,7 @@ func (r *Registry) state() *actors.RegistryState {
 			st.DupKeys++
 		}
 	}
+	st.Mailbox = r.mbox.Counts()
 	st.RemoteKeys = r.remoteOnly
 	st.MeshSessions = len(r.sessions)
 	for _, list := range r.forwarders {
