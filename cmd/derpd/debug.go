@@ -1,10 +1,10 @@
 package main
 
 import (
+	"context"
 	"crypto/subtle"
 	"expvar"
 	"fmt"
-	"html"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
@@ -25,40 +25,77 @@ var (
 	tailscaleULA        = netip.MustParsePrefix("fd7a:115c:a1e0::/48")
 )
 
-// debugAllowed applies upstream's access rule for /debug.
-func debugAllowed(r *http.Request) bool {
-	if key := debugKey(); key != "" && r.Method == http.MethodGet {
+// debugAdmission is how a request got into /debug: pages keep the debug
+// key on their links only for those who came in with it.
+type debugAdmission uint8
+
+const (
+	debugDenied    debugAdmission = iota
+	debugByAddress                // loopback, Tailscale, TS_ALLOW_DEBUG_IP, TS_DEBUG_TRUSTED_CIDRS, -debug-allow
+	debugByKey                    // ?debugkey= on the main listener
+)
+
+// clearTextKey marks, in a request's context, a request that came over a
+// plain-HTTP listener beside the main one (port 80, -debug-addr).
+type clearTextKey struct{}
+
+// viaClearText marks r as having come over a side listener in plain
+// HTTP. There the debug key counts for nothing, so that no browser
+// bookmark or scraper gets into the habit of sending it where anyone on
+// the path can read it and then use it on the main listener.
+func viaClearText(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), clearTextKey{}, true))
+}
+
+func cameInClearText(r *http.Request) bool {
+	b, _ := r.Context().Value(clearTextKey{}).(bool)
+	return b
+}
+
+// debugAllowed reports whether r may see /debug.
+func (s *server) debugAllowed(r *http.Request) bool { return s.debugAdmit(r) != debugDenied }
+
+// debugAdmit applies upstream's access rule for /debug, widened by
+// -debug-allow and narrowed on the side listeners, where the key is
+// ignored.
+func (s *server) debugAdmit(r *http.Request) debugAdmission {
+	if key := debugKey(); key != "" && r.Method == http.MethodGet && !cameInClearText(r) {
 		if got := r.URL.Query().Get("debugkey"); got != "" &&
 			subtle.ConstantTimeCompare([]byte(got), []byte(key)) == 1 {
-			return true
+			return debugByKey
 		}
 	}
 	// Behind a proxy every request looks local; only the key will do.
 	if r.Header.Get("X-Forwarded-For") != "" {
-		return false
+		return debugDenied
 	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return false
+		return debugDenied
 	}
 	ip := ap.Addr().Unmap()
 	if ip.IsLoopback() {
-		return true
+		return debugByAddress
 	}
 	if (tailscaleCGNAT.Contains(ip) && !tailscaleChromeOSVM.Contains(ip)) || tailscaleULA.Contains(ip) {
-		return true
+		return debugByAddress
 	}
 	if s := os.Getenv("TS_ALLOW_DEBUG_IP"); s != "" {
 		if allowed, err := netip.ParseAddr(s); err == nil && allowed.Unmap() == ip {
-			return true
+			return debugByAddress
 		}
 	}
 	for _, s := range strings.Split(os.Getenv("TS_DEBUG_TRUSTED_CIDRS"), ",") {
 		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && p.Contains(ip) {
-			return true
+			return debugByAddress
 		}
 	}
-	return false
+	for _, p := range s.debugAllow {
+		if p.Contains(ip) {
+			return debugByAddress
+		}
+	}
+	return debugDenied
 }
 
 func debugKey() string {
@@ -73,47 +110,61 @@ func debugKey() string {
 	return strings.TrimSpace(string(b))
 }
 
+// debugAdmissionKey holds, in a request's context, how debugHandler
+// admitted it.
+type debugAdmissionKey struct{}
+
+func debugAdmissionOf(r *http.Request) debugAdmission {
+	a, _ := r.Context().Value(debugAdmissionKey{}).(debugAdmission)
+	return a
+}
+
+// debugHandler serves every registered page and endpoint under /debug/
+// (see debugpage.go) to those debugAdmit lets in.
 func (s *server) debugHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/{$}", s.serveDebugIndex)
-	mux.HandleFunc("/debug/varz", s.serveVarz)
-	mux.HandleFunc("/debug/check", s.serveCheck)
-	mux.HandleFunc("/debug/mesh", s.serveMeshDebug)
-	mux.HandleFunc("/debug/gc", func(w http.ResponseWriter, r *http.Request) {
-		runtime.GC()
-		w.Write([]byte("Done.\n"))
-	})
-	mux.Handle("/debug/vars", expvar.Handler())
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	for path, p := range debugPages {
+		pattern := path
+		if pattern == "/debug/" {
+			pattern = "/debug/{$}" // the index, not the whole subtree
+		}
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { s.servePage(p, w, r) })
+	}
+	for path, e := range debugEndpoints {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) { e.Handler(s, w, r) })
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !debugAllowed(r) {
+		a := s.debugAdmit(r)
+		if a == debugDenied {
 			http.Error(w, "debug access denied", http.StatusForbidden)
 			return
 		}
-		mux.ServeHTTP(w, r)
+		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), debugAdmissionKey{}, a)))
 	})
 }
 
-func (s *server) serveDebugIndex(w http.ResponseWriter, r *http.Request) {
-	setBrowserHeaders(w.Header())
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	host, _ := os.Hostname()
-	fmt.Fprintf(w, "<html><body><h1>derpd debug</h1><ul>\n")
-	fmt.Fprintf(w, "<li><b>Uptime:</b> %v</li>\n", time.Since(s.started).Round(time.Second))
-	fmt.Fprintf(w, "<li><b>Version:</b> %s</li>\n", html.EscapeString(version()))
-	fmt.Fprintf(w, "<li><b>Machine:</b> %s</li>\n", html.EscapeString(host))
-	fmt.Fprintf(w, "<li><b>TLS hostname:</b> %s</li>\n", html.EscapeString(s.opts.hostname))
-	fmt.Fprintf(w, "<li><b>Mesh key:</b> %v</li>\n", !s.clientCfg.MeshKey.IsZero())
-	fmt.Fprintf(w, "<li><b>Server key:</b> %s</li>\n", s.clientCfg.PublicKey)
-	fmt.Fprintf(w, "</ul><ul>\n")
-	for _, l := range []string{"varz", "check", "mesh", "pprof/", "gc"} {
-		fmt.Fprintf(w, "<li><a href=\"/debug/%s\">/debug/%s</a></li>\n", l, l)
+func init() {
+	for _, e := range []debugEndpoint{
+		{"/debug/varz", "every metric in the Prometheus text format, upstream's names", (*server).serveVarz},
+		{"/debug/check", "the registry cross-checked against the routing table: 200 okay or 500 with each problem", (*server).serveCheck},
+		{"/debug/vars", "Go's expvar variables (cmdline, memstats)", func(_ *server, w http.ResponseWriter, r *http.Request) {
+			expvar.Handler().ServeHTTP(w, r)
+		}},
+		{"/debug/gc", "run the garbage collector now", func(_ *server, w http.ResponseWriter, r *http.Request) {
+			runtime.GC()
+			w.Write([]byte("Done.\n"))
+		}},
+		{"/debug/pprof/", "Go's profiler: CPU, heap, goroutines (?debug=2), trace", func(_ *server, w http.ResponseWriter, r *http.Request) {
+			pprof.Index(w, r)
+		}},
+		// pprof's index links these; they need no line of their own.
+		{"/debug/pprof/cmdline", "", func(_ *server, w http.ResponseWriter, r *http.Request) { pprof.Cmdline(w, r) }},
+		{"/debug/pprof/profile", "", func(_ *server, w http.ResponseWriter, r *http.Request) { pprof.Profile(w, r) }},
+		{"/debug/pprof/symbol", "", func(_ *server, w http.ResponseWriter, r *http.Request) { pprof.Symbol(w, r) }},
+		{"/debug/pprof/trace", "", func(_ *server, w http.ResponseWriter, r *http.Request) { pprof.Trace(w, r) }},
+	} {
+		registerDebugEndpoint(e)
 	}
-	fmt.Fprintf(w, "</ul></body></html>\n")
 }
 
 // serveVarz writes every metric in the Prometheus text format, with

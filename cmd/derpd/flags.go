@@ -63,6 +63,11 @@ type options struct {
 	meshDNSResolver string
 	meshMaxPeerKeys int
 
+	// derpd's own: the debug pages' listener and who may see them
+	// (debuglisten.go).
+	debugAddr  string
+	debugAllow string
+
 	// set records which flags appeared on the command line, to tell an
 	// explicit value from a default.
 	set map[string]bool
@@ -109,6 +114,9 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.meshDNSInterval, "mesh-dns-interval", mesh.DefaultDNSInterval, "how often -mesh-dns looks its name up again")
 	fs.StringVar(&o.meshDNSResolver, "mesh-dns-resolver", "", "host:port of the DNS server -mesh-dns asks; empty means the system's resolver")
 	fs.IntVar(&o.meshMaxPeerKeys, "mesh-max-peer-keys", registry.DefaultMaxSessionKeys, "most client keys one mesh peer may announce; more are ignored and counted (derpd_mesh_keys_refused)")
+
+	fs.StringVar(&o.debugAddr, "debug-addr", "", "host:port of a plain-HTTP listener serving /debug/ only (metrics for a Prometheus host, the debug pages), beside /debug/ on the main listener; the debug key is not accepted on it")
+	fs.StringVar(&o.debugAllow, "debug-allow", "", "comma-separated CIDRs (or addresses) admitted to /debug/ on every listener, besides loopback, Tailscale addresses, $TS_ALLOW_DEBUG_IP and $TS_DEBUG_TRUSTED_CIDRS")
 
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.verbose, "v", false, "verbose logging (same as -log-level=debug)")
@@ -222,6 +230,7 @@ func (o *options) checkSupported() error {
 	if o.stunPort < 0 || o.stunPort > 65535 {
 		problems = append(problems, "-stun-port "+strconv.Itoa(o.stunPort)+" is not a port")
 	}
+	problems = append(problems, o.checkDebugFlags()...)
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}

@@ -18,6 +18,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -102,6 +103,8 @@ type server struct {
 	bootstrap       *bootstrapDNS
 	mesh            *actor.PID // the mesh actor; nil when not meshing
 	started         time.Time
+
+	debugAllow []netip.Prefix // -debug-allow (debuglisten.go)
 }
 
 func run(ctx context.Context, opts *options, log zerolog.Logger) error {
@@ -136,6 +139,7 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		upgradeResponse: upgradeResponse(pub),
 		started:         time.Now(),
 	}
+	s.debugAllow, _ = parseDebugAllow(opts.debugAllow) // checked by checkSupported
 	if opts.verifyURL != "" {
 		s.clientCfg.Admit = (&urlAdmitter{
 			url:      opts.verifyURL,
@@ -174,7 +178,7 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		ErrorLog:     newStdLogger(log),
 	}
 	servers := []*http.Server{httpSrv}
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	if s.certs != nil {
 		// Without a deadline, stuck TLS handshakes (scanners, half-open
 		// connections) would pile up for ever; net/http's ReadTimeout
@@ -198,6 +202,17 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			go func() { serveErr <- fmt.Errorf("port 80: %w", srv80.Serve(ln80)) }()
 			log.Info().Str("addr", ln80.Addr().String()).Msg("serving plain HTTP (captive-portal check, ACME, redirects)")
 		}
+	}
+	if opts.debugAddr != "" {
+		dbg, err := s.startDebugListener(serveErr)
+		if err != nil {
+			s.listener.Close()
+			for _, srv := range servers[1:] {
+				srv.Close()
+			}
+			return err
+		}
+		servers = append(servers, dbg)
 	}
 	go s.reloadOnHUP(ctx, hup)
 

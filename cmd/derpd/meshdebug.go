@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"html/template"
 	"net/http"
 	"time"
 
@@ -136,60 +134,34 @@ func (s *server) meshSnapshot() *meshView {
 	return v
 }
 
-func (s *server) serveMeshDebug(w http.ResponseWriter, r *http.Request) {
-	v := s.meshSnapshot()
-	if r.URL.Query().Get("format") == "json" {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(v)
-		return
-	}
-	setBrowserHeadersWithStyle(w.Header(), debugStyle)
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := meshPage.Execute(w, v); err != nil {
-		s.log.Debug().Err(err).Msg("writing /debug/mesh")
-	}
-}
-
-// debugStyle is the debug pages' one style sheet, inline and admitted by
-// its hash (see setBrowserHeadersWithStyle).
-const debugStyle = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}.down{color:#b00}.up{color:#070}small{color:#555}"
-
-var meshPage = template.Must(template.New("mesh").Funcs(template.FuncMap{
-	"style": func() template.CSS { return template.CSS(debugStyle) },
-	"ago": func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return time.Since(t).Round(time.Second).String() + " ago"
-	},
-}).Parse(`<!DOCTYPE html>
-<html><head><title>derpd mesh</title>
-<style>{{style}}</style>
-</head><body>
-<h1>Mesh</h1>
-<p><a href="/debug/">debug</a> · <a href="?format=json">JSON</a> · keys reachable only through the mesh: {{.RemoteKeys}}</p>
+func init() {
+	registerDebugPage(debugPage{
+		Path:        "/debug/mesh",
+		Title:       "Mesh",
+		Description: "the region: this node's links to its peers, their links to it, the -mesh-dns lookup",
+		Data:        func(s *server, r *http.Request) (any, error) { return s.meshSnapshot(), nil },
+		Body: `<p>keys reachable only through the mesh: {{.RemoteKeys}}</p>
 {{with .DNS}}<h2>DNS membership</h2>
 <p>{{.Name}} port {{.Port}}, every {{.IntervalS}} s: answer {{range .Answer}}{{.}} {{else}}none yet{{end}}{{with .AnsweredAt}} ({{ago .}}){{end}}
 {{with .LastError}}<br><span class="down">last lookup error: {{.}}</span>{{end}}</p>{{end}}
 <h2>Links to peers</h2>
 <table><tr><th>peer</th><th>state</th><th>since</th><th>peer key</th><th>keys</th><th>forwarded out</th><th>forwarded in</th><th>queue</th><th>dropped</th><th>sessions</th><th>failures</th><th>rtt ms</th><th>last error</th></tr>
 {{range .Links}}<tr><td>{{.Peer}}<br><small>{{.URL}} via {{.Dial}}</small></td>
-{{if .Answered}}<td class="{{if eq .State "up"}}up{{else}}down{{end}}">{{.State}}</td><td>{{ago .Since}}</td><td><small>{{.PeerKey}}</small></td>
-<td>{{.Keys}}{{if .KeysRefused}} (refused {{.KeysRefused}}){{end}}</td><td>{{.ForwardedOut}}</td><td>{{.ForwardedIn}}</td><td>{{.QueueDepth}}</td>
-<td>{{range $r, $n := .Dropped}}{{if $n}}{{$r}}: {{$n}}<br>{{end}}{{end}}</td><td>{{.Sessions}}</td><td>{{.Failures}}</td><td>{{.RTTMillis}}</td>
+{{if .Answered}}<td class="{{if eq .State "up"}}up{{else}}down{{end}}">{{.State}}</td><td>{{ago .Since}}</td><td>{{peerLink .PeerKey}}</td>
+<td class="n">{{.Keys}}{{if .KeysRefused}} (refused {{.KeysRefused}}){{end}}</td><td class="n">{{.ForwardedOut}}</td><td class="n">{{.ForwardedIn}}</td><td class="n">{{.QueueDepth}}</td>
+<td>{{range $r, $n := .Dropped}}{{if $n}}{{$r}}: {{$n}}<br>{{end}}{{end}}</td><td class="n">{{.Sessions}}</td><td class="n">{{.Failures}}</td><td class="n">{{.RTTMillis}}</td>
 <td>{{.LastError}}{{with .LastErrorAt}}<br><small>{{ago .}}</small>{{end}}</td>
 {{else}}<td colspan="12" class="down">the link actor did not answer</td>{{end}}</tr>
 {{else}}<tr><td colspan="13">no -mesh-with or -mesh-dns peers</td></tr>{{end}}
 </table>
 <h2>Peers' links to us</h2>
 <table><tr><th>conn</th><th>key</th><th>from</th><th>since</th><th>watching</th><th>forwarded in</th></tr>
-{{range .Inbound}}<tr><td>{{.Conn}}</td><td><small>{{.Key}}</small></td><td>{{.Addr}}</td><td>{{ago .Since}}</td><td>{{.Watching}}</td><td>{{.ForwardedIn}}</td></tr>
+{{range .Inbound}}<tr><td class="n">{{.Conn}}</td><td>{{peerLink .Key}}</td><td>{{.Addr}}</td><td>{{ago .Since}}</td><td>{{.Watching}}</td><td class="n">{{.ForwardedIn}}</td></tr>
 {{else}}<tr><td colspan="6">none</td></tr>{{end}}
 </table>
-</body></html>
-`))
+`,
+	})
+}
 
 // writeMeshMetrics exports each link's state with the link's name as the
 // peer label.

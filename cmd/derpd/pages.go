@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/base64"
 	"net/http"
 	"regexp"
 	"strings"
@@ -19,14 +17,6 @@ func setBrowserHeaders(h http.Header) {
 	h.Set("Content-Security-Policy", contentSecurityPolicy)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-}
-
-// setBrowserHeadersWithStyle is setBrowserHeaders for a page with one
-// inline style sheet, which the policy admits by its hash alone.
-func setBrowserHeadersWithStyle(h http.Header, style string) {
-	setBrowserHeaders(h)
-	sum := sha256.Sum256([]byte(style))
-	h.Set("Content-Security-Policy", contentSecurityPolicy+"; style-src 'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'")
 }
 
 // serveProbe answers the HTTPS latency probes clients use when UDP is
@@ -101,7 +91,7 @@ It cannot read them.</p>
 	if tailscaleHostname.MatchString(s.opts.hostname) {
 		b.WriteString(`<p>To report abuse, see <a href="https://tailscale.com/security">tailscale.com/security</a>.</p>` + "\n")
 	}
-	if debugAllowed(r) {
+	if s.debugAllowed(r) {
 		b.WriteString(`<p><a href="/debug/">Debug</a></p>` + "\n")
 	}
 	b.WriteString("</body></html>\n")

@@ -13,6 +13,9 @@ import (
 // everything else. DERP itself is never served in plain text here.
 func (s *server) port80Handler(main http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Whatever this listener passes on, the debug key sent over it
+		// unlocks nothing (see viaClearText).
+		r = viaClearText(r)
 		switch {
 		case r.URL.Path == "/generate_204":
 			serveNoContent(w, r)
@@ -34,7 +37,7 @@ func (s *server) port80Handler(main http.Handler) http.Handler {
 		if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
 			host = "[" + host + "]" // an IPv6 literal, its brackets lost with the port
 		}
-		if r.URL.Path == "/" && debugAllowed(r) {
+		if r.URL.Path == "/" && s.debugAllowed(r) {
 			http.Redirect(w, r, "https://"+host+"/debug/", http.StatusFound)
 			return
 		}
