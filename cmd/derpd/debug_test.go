@@ -394,7 +394,7 @@ func TestEveryDebugPageHasBothViews(t *testing.T) {
 			t.Errorf("page %s is not on the index", path)
 		}
 	}
-	for _, want := range []string{"/debug/mesh", "/debug/varz", "/debug/check", "/debug/pprof/"} {
+	for _, want := range []string{"/debug/mesh", "/debug/varz", "/debug/check", "/debug/traffic", "/debug/pprof/"} {
 		if !listed[want] {
 			t.Errorf("%s is not on the index", want)
 		}

@@ -104,7 +104,9 @@ type server struct {
 	mesh            *actor.PID // the mesh actor; nil when not meshing
 	started         time.Time
 
-	debugAllow []netip.Prefix // -debug-allow (debuglisten.go)
+	// The debug pages' (debuglisten.go, traffic.go).
+	debugAllow []netip.Prefix // -debug-allow
+	stopping   chan struct{}  // closed when shutdown starts: ends /debug/traffic streams
 }
 
 func run(ctx context.Context, opts *options, log zerolog.Logger) error {
@@ -138,6 +140,7 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		},
 		upgradeResponse: upgradeResponse(pub),
 		started:         time.Now(),
+		stopping:        make(chan struct{}),
 	}
 	s.debugAllow, _ = parseDebugAllow(opts.debugAllow) // checked by checkSupported
 	if opts.verifyURL != "" {
@@ -299,6 +302,7 @@ func (s *server) reloadOnHUP(ctx context.Context, hup <-chan os.Signal) {
 func (s *server) shutdown(servers []*http.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	close(s.stopping)
 	for _, srv := range servers {
 		srv.Shutdown(ctx)
 	}
