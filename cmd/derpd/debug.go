@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"expvar"
@@ -171,11 +172,15 @@ func init() {
 // upstream's names for everything upstream has.
 func (s *server) serveVarz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	s.sys.Stats.WritePrometheus(w)
+	// Collected first, so that withHelp can give every family its HELP
+	// line (deferred: it must come after whatever is written below).
+	var buf bytes.Buffer
+	defer withHelp(w, &buf)
+	s.sys.Stats.WritePrometheus(&buf)
 	if s.stun != nil {
-		s.stun.Counters.WritePrometheus(w)
+		s.stun.Counters.WritePrometheus(&buf)
 	}
-	p := actors.PromWriter{W: w}
+	p := actors.PromWriter{W: &buf}
 	p.Gauge("goroutines", int64(runtime.NumGoroutine()))
 	p.Gauge("process_start_unix_time", s.started.Unix())
 	p.Gauge("uptime_sec", int64(time.Since(s.started).Seconds()))
@@ -202,6 +207,7 @@ func (s *server) serveVarz(w http.ResponseWriter, r *http.Request) {
 	}
 	s.bootstrap.writePrometheus(p)
 	s.writeMeshMetrics(p)
+	s.sys.WritePrometheus(p)
 }
 
 // serveCheck cross-checks what the registry believes against the routing

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/derpd/derpd/actors/flows"
 	"github.com/derpd/derpd/actors/mesh"
 	"github.com/derpd/derpd/actors/registry"
+	"github.com/derpd/derpd/actors/rejects"
 	"github.com/rs/zerolog"
 )
 
@@ -68,6 +70,13 @@ type options struct {
 	debugAddr  string
 	debugAllow string
 
+	// derpd's own: the flows and rejects the debug pages show.
+	flows         bool
+	flowsMax      int
+	flowsInactive time.Duration
+	flowsSweep    time.Duration
+	rejectsMax    int
+
 	// set records which flags appeared on the command line, to tell an
 	// explicit value from a default.
 	set map[string]bool
@@ -117,6 +126,12 @@ func newFlagSet(o *options) *flag.FlagSet {
 
 	fs.StringVar(&o.debugAddr, "debug-addr", "", "host:port of a plain-HTTP listener serving /debug/ only (metrics for a Prometheus host, the debug pages), beside /debug/ on the main listener; the debug key is not accepted on it")
 	fs.StringVar(&o.debugAllow, "debug-allow", "", "comma-separated CIDRs (or addresses) admitted to /debug/ on every listener, besides loopback, Tailscale addresses, $TS_ALLOW_DEBUG_IP and $TS_DEBUG_TRUSTED_CIDRS")
+
+	fs.BoolVar(&o.flows, "flows", true, "count traffic per flow (source, destination, mesh peer) for /debug/flows and /debug/peer")
+	fs.IntVar(&o.flowsMax, "flows-max", flows.DefaultMax, "most flows tracked; the least recently active are forgotten first (derpd_flows_evicted)")
+	fs.DurationVar(&o.flowsInactive, "flows-inactive", flows.DefaultInactive, "a flow idle this long is forgotten at the next sweep")
+	fs.DurationVar(&o.flowsSweep, "flows-sweep", flows.DefaultSweep, "how often inactive flows are swept")
+	fs.IntVar(&o.rejectsMax, "rejects-max", rejects.DefaultMax, "entries /debug/rejects keeps per direction (inbound connection, inbound packet, outbound delivery); the least recently seen are forgotten first")
 
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.verbose, "v", false, "verbose logging (same as -log-level=debug)")
@@ -231,6 +246,15 @@ func (o *options) checkSupported() error {
 		problems = append(problems, "-stun-port "+strconv.Itoa(o.stunPort)+" is not a port")
 	}
 	problems = append(problems, o.checkDebugFlags()...)
+	if o.flowsMax <= 0 {
+		problems = append(problems, "-flows-max must be positive")
+	}
+	if o.flowsInactive <= 0 || o.flowsSweep <= 0 {
+		problems = append(problems, "-flows-inactive and -flows-sweep must be positive")
+	}
+	if o.rejectsMax <= 0 {
+		problems = append(problems, "-rejects-max must be positive")
+	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}

@@ -29,8 +29,10 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/client"
+	"github.com/derpd/derpd/actors/flows"
 	"github.com/derpd/derpd/actors/mesh"
 	"github.com/derpd/derpd/actors/registry"
+	"github.com/derpd/derpd/actors/rejects"
 	"github.com/derpd/derpd/stun"
 	"github.com/derpd/derpd/wire"
 	"github.com/mattn/go-isatty"
@@ -126,6 +128,10 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 
 	sys := actors.NewSystem(log)
 	registry.Spawn(sys, pub, registry.WithMaxSessionKeys(opts.meshMaxPeerKeys))
+	rejects.Spawn(sys, opts.rejectsMax)
+	if opts.flows {
+		flows.Spawn(sys, flows.Config{Max: opts.flowsMax, Inactive: opts.flowsInactive, Sweep: opts.flowsSweep})
+	}
 
 	s := &server{
 		opts: opts,
@@ -168,6 +174,11 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 	s.listener, err = listen(opts.addr, opts.tcpKeepAlive, opts.tcpUserTimeout, opts.acceptLimit, opts.acceptBurst)
 	if err != nil {
 		return err
+	}
+	s.listener.onReject = func(a net.Addr) {
+		ap, _ := netip.ParseAddrPort(a.String())
+		sys.Send(sys.Rejects, &actors.RejectBatch{Events: []actors.RejectEvent{{Dir: actors.RejectConnection,
+			Reason: actors.RejectAcceptLimit, Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Count: 1}}})
 	}
 	var mainListener net.Listener = s.listener
 	mainHandler := s.routes()
