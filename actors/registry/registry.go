@@ -94,6 +94,7 @@ type keyState struct {
 
 type connState struct {
 	conn      *actors.Conn
+	key       *keyState // its key's, so a snapshot need not look keys up
 	seq       uint64
 	heardFrom map[wire.NodePublic]struct{}
 }
@@ -195,6 +196,7 @@ func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
 		}
 	}
 	ks.conns = append(ks.conns, cs)
+	cs.key = ks
 	stats := r.sys.Stats
 	switch n := len(ks.conns); {
 	case n == 2:
@@ -443,9 +445,12 @@ func (r *Registry) state() *actors.RegistryState {
 // asked does the rest on its own goroutine.
 func (r *Registry) connList() *actors.Conns {
 	out := &actors.Conns{List: make([]actors.ConnEntry, 0, len(r.conns))}
-	for c := range r.conns {
-		_, watching := r.watchers[c]
-		out.List = append(out.List, actors.ConnEntry{Conn: c, Active: r.keys[c.Key].active.conn == c, Watching: watching})
+	for c, cs := range r.conns {
+		watching := false
+		if len(r.watchers) > 0 {
+			_, watching = r.watchers[c]
+		}
+		out.List = append(out.List, actors.ConnEntry{Conn: c, Active: cs.key.active == cs, Watching: watching})
 	}
 	return out
 }
@@ -533,6 +538,8 @@ func (r *Registry) check() []string {
 	for c, cs := range r.conns {
 		if ks := r.keys[c.Key]; ks == nil || !slices.Contains(ks.conns, cs) {
 			problems = append(problems, fmt.Sprintf("conn %d is registered but not listed under key %s", c.ID, c.Key.ShortString()))
+		} else if cs.key != ks {
+			problems = append(problems, fmt.Sprintf("conn %d points at another key's state", c.ID))
 		}
 	}
 	for w := range r.watchers {
