@@ -82,3 +82,37 @@ func TestShuffledStepDispatcherIsReproducible(t *testing.T) {
 		t.Fatal("seeds do not change the order")
 	}
 }
+
+// Each actor's mailbox counts and its kind's sums, live actors included,
+// on a step dispatcher: posted messages wait until the test runs them.
+func TestMailboxStats(t *testing.T) {
+	d := NewStepDispatcher()
+	sys := NewSystem(zerolog.Nop(), WithDispatcher(d))
+	var n int
+	props, st := sys.Props(ActorFlows, func() actor.Actor { return counter{&n} })
+	pid := sys.Root.Spawn(props)
+	d.RunUntilIdle()
+	kind := sys.Kind(ActorFlows)
+	if kind.Live() != 1 {
+		t.Fatalf("%d live, want 1", kind.Live())
+	}
+	base := st.Processed()
+	for range 3 {
+		sys.Send(pid, 1)
+	}
+	if st.Depth() != 3 || kind.Depth() != 3 {
+		t.Fatalf("depth %d (kind %d) with three messages waiting", st.Depth(), kind.Depth())
+	}
+	d.RunUntilIdle()
+	if st.Depth() != 0 || st.Processed() != base+3 || n != 3 {
+		t.Fatalf("depth %d processed %d (from %d) received %d", st.Depth(), st.Processed(), base, n)
+	}
+	sys.Root.Stop(pid)
+	d.RunUntilIdle()
+	if kind.Live() != 0 {
+		t.Fatalf("%d live after the actor stopped", kind.Live())
+	}
+	if c := (*MailboxStats)(nil).Counts(); c != (MailboxCounts{}) {
+		t.Fatalf("nil counts %+v", c)
+	}
+}

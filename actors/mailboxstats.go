@@ -43,7 +43,7 @@ func (m *MailboxStats) Processed() int64 { return m.processed.Load() }
 // and those that have stopped.
 type KindStats struct {
 	posted, processed atomic.Int64
-	live              atomic.Int64 // actors of the kind whose mailbox started and not yet stopped
+	live              atomic.Int64 // actors of the kind started and not yet stopped
 }
 
 // Depth is how many messages wait in the mailboxes of the kind's actors.
@@ -60,7 +60,7 @@ func (k *KindStats) Live() int64 { return k.live.Load() }
 // pass through mailboxes).
 type mailboxCounter struct{ s *MailboxStats }
 
-func (c mailboxCounter) MailboxStarted() { c.s.kind.live.Add(1) }
+func (c mailboxCounter) MailboxStarted() {}
 
 func (c mailboxCounter) MessagePosted(msg any) {
 	c.s.posted.Add(1)
@@ -70,8 +70,22 @@ func (c mailboxCounter) MessagePosted(msg any) {
 func (c mailboxCounter) MessageReceived(msg any) {
 	c.s.processed.Add(1)
 	c.s.kind.processed.Add(1)
-	if _, ok := msg.(*actor.Stopped); ok {
-		c.s.kind.live.Add(-1)
+}
+
+// liveCounter is the receiver middleware that counts the kind's live
+// actors: Started and Stopped reach the actor's Receive, though Stopped
+// does not pass through its mailbox.
+func liveCounter(k *KindStats) actor.ReceiverMiddleware {
+	return func(next actor.ReceiverFunc) actor.ReceiverFunc {
+		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			switch env.Message.(type) {
+			case *actor.Started:
+				k.live.Add(1)
+			case *actor.Stopped:
+				k.live.Add(-1)
+			}
+			next(ctx, env)
+		}
 	}
 }
 
@@ -89,6 +103,15 @@ func (m *MailboxStats) Counts() MailboxCounts {
 		return MailboxCounts{}
 	}
 	return MailboxCounts{Depth: m.Depth(), Processed: m.Processed()}
+}
+
+// CountsInHandler is Counts as the actor itself reports them while
+// handling a message: that message does not wait, and is not processed
+// yet either.
+func (m *MailboxStats) CountsInHandler() MailboxCounts {
+	c := m.Counts()
+	c.Depth = max(c.Depth-1, 0)
+	return c
 }
 
 // QueueDepther is a PacketSink that can say how much waits in it.

@@ -100,9 +100,7 @@ func (s *System) Props(kind ActorKind, p actor.Producer, opts ...actor.PropsOpti
 	if s.dispatcher != nil {
 		opts = append(opts, actor.WithDispatcher(s.dispatcher))
 	}
-	if len(s.middleware) > 0 {
-		opts = append(opts, actor.WithReceiverMiddleware(s.middleware...))
-	}
+	opts = append(opts, actor.WithReceiverMiddleware(append([]actor.ReceiverMiddleware{liveCounter(ks)}, s.middleware...)...))
 	return actor.PropsFromProducer(p, opts...), stats
 }
 

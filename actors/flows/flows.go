@@ -301,7 +301,7 @@ func (f *Flows) rates(fl *flow) (bps, pps float64) {
 func (f *Flows) snapshot(m *actors.GetFlows) *actors.FlowsSnapshot {
 	out := &actors.FlowsSnapshot{
 		Tracked: len(f.flows), Evicted: f.evicted, Swept: f.swept, Tallies: len(f.tallies),
-		Window: f.cfg.Interval * time.Duration(f.cfg.Window), Mailbox: f.mbox.Counts(),
+		Window: f.cfg.Interval * time.Duration(f.cfg.Window), Mailbox: f.mbox.CountsInHandler(),
 	}
 	for _, fl := range f.flows {
 		if !m.Key.IsZero() && fl.key.src != m.Key && fl.key.dst != m.Key {

@@ -373,7 +373,7 @@ func (l *link) stop(ctx actor.Context) {
 
 func (l *link) snapshot() *LinkState {
 	st := l.state
-	st.Mailbox = l.mbox.Counts()
+	st.Mailbox = l.mbox.CountsInHandler()
 	st.ForwardedOut = l.forwardedBefore
 	st.Dropped = l.droppedBefore
 	for _, o := range []*outbox{l.retired, l.sessOutbox()} {

@@ -254,7 +254,7 @@ func (m *manager) sortedNames() []string {
 }
 
 func (m *manager) list() *Links {
-	out := &Links{Mailbox: m.mbox.Counts()}
+	out := &Links{Mailbox: m.mbox.CountsInHandler()}
 	for _, name := range m.sortedNames() {
 		out.Links = append(out.Links, LinkRef{Name: name, PID: m.links[name].pid})
 	}

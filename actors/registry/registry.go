@@ -428,7 +428,7 @@ func (r *Registry) state() *actors.RegistryState {
 			st.DupKeys++
 		}
 	}
-	st.Mailbox = r.mbox.Counts()
+	st.Mailbox = r.mbox.CountsInHandler()
 	st.RemoteKeys = r.remoteOnly
 	st.MeshSessions = len(r.sessions)
 	for _, list := range r.forwarders {

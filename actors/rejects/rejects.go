@@ -162,7 +162,7 @@ func (r *Rejects) publish() {
 // snapshot lists the entries most recent first, direction by direction,
 // and the disconnects most recent first; with k, only what names k.
 func (r *Rejects) snapshot(k wire.NodePublic) *actors.RejectsSnapshot {
-	out := &actors.RejectsSnapshot{Evicted: r.evicted, Max: r.max, Mailbox: r.mbox.Counts()}
+	out := &actors.RejectsSnapshot{Evicted: r.evicted, Max: r.max, Mailbox: r.mbox.CountsInHandler()}
 	for dir := range r.lru {
 		for e := r.lru[dir].Front(); e != nil; e = e.Next() {
 			en := e.Value.(*entry)

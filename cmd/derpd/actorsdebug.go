@@ -202,7 +202,10 @@ func clientActorView(e actors.ConnEntry) actorView {
 		"key": c.Key.String(), "conn": c.ID, "addr": c.Addr.String(), "since": c.Since.UTC().Format(time.RFC3339),
 		"preferred": c.Preferred.Load(), "mesh": c.CanMesh, "active": e.Active, "watching": e.Watching,
 		"packets_recv": c.PacketsRecv.Load(), "packets_sent": c.PacketsSent.Load(),
-		"bytes_recv": c.BytesRecv.Load(), "bytes_sent": c.BytesSent.Load(), "dropped": dropped,
+		"bytes_recv": c.BytesRecv.Load(), "bytes_sent": c.BytesSent.Load(),
+	}
+	if len(dropped) > 0 {
+		a.Holds["dropped"] = dropped
 	}
 	if q, ok := c.Sink.(actors.QueueDepther); ok {
 		data, disco := q.QueueDepths()
