@@ -217,17 +217,6 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			log.Info().Str("addr", ln80.Addr().String()).Msg("serving plain HTTP (captive-portal check, ACME, redirects)")
 		}
 	}
-	if opts.debugAddr != "" {
-		dbg, err := s.startDebugListener(serveErr)
-		if err != nil {
-			s.listener.Close()
-			for _, srv := range servers[1:] {
-				srv.Close()
-			}
-			return err
-		}
-		servers = append(servers, dbg)
-	}
 	go s.reloadOnHUP(ctx, hup)
 
 	if s.mesh, err = startMesh(opts, sys, priv, meshKey, log); err != nil {
@@ -260,6 +249,16 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		log.Info().Str("addr", s.stun.LocalAddr().String()).Msg("serving STUN")
 	}
 
+	if opts.debugAddr != "" {
+		// Only now: its pages read s.mesh and s.stun, set above.
+		dbg, err := s.startDebugListener(serveErr)
+		if err != nil {
+			s.listener.Close()
+			s.shutdown(servers)
+			return err
+		}
+		servers = append(servers, dbg)
+	}
 	proto := "HTTP"
 	if s.certs != nil {
 		proto = "HTTPS"
