@@ -191,6 +191,18 @@ func (s *server) writeMeshMetrics(p actors.PromWriter) {
 			}
 		}
 	}
+	// The state as an enumeration, one series per state, 1 for the one
+	// the link is in: derpd_mesh_link_up is 0 for a link that is down and
+	// for the entry that is this node alike, and an alert must tell them
+	// apart.
+	p.Header("derpd_mesh_link_state", "gauge")
+	for i := range v.Links {
+		if l := &v.Links[i]; l.Answered {
+			for _, st := range meshLinkStates {
+				p.Sample("derpd_mesh_link_state", fmt.Sprintf("peer=%q,state=%q", l.Peer, st), b2f(l.State == string(st)))
+			}
+		}
+	}
 	p.Header("derpd_mesh_link_dropped", "counter")
 	for i := range v.Links {
 		l := &v.Links[i]
@@ -201,6 +213,9 @@ func (s *server) writeMeshMetrics(p actors.PromWriter) {
 		}
 	}
 }
+
+// meshLinkStates are the states derpd_mesh_link_state enumerates.
+var meshLinkStates = []mesh.Status{mesh.StatusUp, mesh.StatusConnecting, mesh.StatusDown, mesh.StatusSelf}
 
 func b2f(b bool) float64 {
 	if b {

@@ -65,6 +65,7 @@ var metricHelp = map[string]string{
 	"derpd_mesh_keys_refused":                  "Key announcements ignored for exceeding -mesh-max-peer-keys.",
 	"derpd_mesh_key_mismatch":                  "Clients that presented a mesh key other than this server's.",
 	"derpd_mesh_link_up":                       "1 while the link to the peer is up, 0 otherwise (and for the entry that is this node).",
+	"derpd_mesh_link_state":                    "1 for the state the link is in (up, connecting, down, or self: the entry is this node), 0 for the others.",
 	"derpd_mesh_link_sessions":                 "Sessions the link to the peer has established.",
 	"derpd_mesh_link_failures":                 "Failed attempts to connect to the peer.",
 	"derpd_mesh_link_keys":                     "Keys the peer announces over the link.",
