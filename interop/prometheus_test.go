@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -387,7 +388,8 @@ func (p *prometheus) target(t *testing.T) (health, lastError string) {
 
 // A real Prometheus scrapes derpd's -debug-addr listener (never the
 // relay's port) and sees what the server sees: the connection count
-// after clients connect, and again after one more does.
+// after clients connect, and again after one more does. Then every query
+// of the Grafana dashboard in docs/ runs against what it scraped.
 func TestPrometheusScrapesDebugListener(t *testing.T) {
 	b := startBusyRegion(t, 2)
 	p := startPrometheus(t, strings.TrimPrefix(b.debugBase, "http://"))
@@ -402,4 +404,40 @@ func TestPrometheusScrapesDebugListener(t *testing.T) {
 		t.Errorf("prometheus reports the target %s: %q", health, lastErr)
 	}
 
+	t.Run("dashboard", func(t *testing.T) {
+		d := loadDashboard(t)
+		// rate() needs two samples in its window: wait for a few scrapes.
+		p.waitValue(t, `count_over_time(derp_current_connections{job="derpd"}[30s]) >= bool 5`, 1)
+		var empty []string
+		for _, q := range d.queries() {
+			expr := substituteGrafanaVars(q.Expr)
+			got, err := p.query(expr)
+			if err != nil {
+				t.Errorf("panel %q: %v", q.Panel, err)
+				continue
+			}
+			if len(got) == 0 {
+				empty = append(empty, fmt.Sprintf("%q: %s", q.Panel, expr))
+			}
+		}
+		// Every series the dashboard draws exists on a busy node, so an
+		// empty answer is a query that can never show anything.
+		sort.Strings(empty)
+		for _, e := range empty {
+			t.Errorf("panel %s: no data", e)
+		}
+	})
+}
+
+// substituteGrafanaVars replaces the dashboard's variables with what
+// Grafana would put there for this test's one target.
+func substituteGrafanaVars(expr string) string {
+	return strings.NewReplacer(
+		"$__rate_interval", "30s",
+		"$__interval", "5s",
+		"${instance:regex}", ".*",
+		"$instance", ".*",
+		"${job}", "derpd",
+		"$job", "derpd",
+	).Replace(expr)
 }
