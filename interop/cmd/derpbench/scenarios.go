@@ -25,6 +25,15 @@ type metrics map[string]float64
 // measureLoad runs spec against srv and returns delivered fraction,
 // goodput and server CPU over the window.
 func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
+	return measureLoadThen(srv, spec, nil)
+}
+
+// measureLoadThen is measureLoad with a look at the server at the end of
+// the window: after, if set, runs while the load still flows but after
+// the window's CPU has been read, so that what it asks the server costs
+// the figure nothing. It may add to the metrics, and its error is the
+// measurement's.
+func measureLoadThen(srv *harness.Server, spec loadSpec, after func(*load, metrics) error) (metrics, error) {
 	l, err := startLoad(srv.Addr(), spec)
 	if err != nil {
 		return nil, err
@@ -42,6 +51,7 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 	c0 := l.counts()
 	cpu := startCPU(srv.Process().Pid)
 	self := startCPU(selfPID)
+	machine := startMachine()
 	time.Sleep(win)
 	c1 := l.counts()
 	if spec.stalledPer > 0 {
@@ -57,6 +67,16 @@ func measureLoad(srv *harness.Server, spec loadSpec) (metrics, error) {
 	m := l.figures(c0, c1)
 	m["server_cores"] = cpu.cores()
 	m["loadgen_cores"] = self.cores()
+	// What else the machine did meanwhile (other processes, interrupts
+	// charged to none), as measureMesh records it: a figure taken next to
+	// a busy neighbour says so here.
+	m["machine_cores"] = machine.cores()
+	m["other_cores"] = m["machine_cores"] - m["server_cores"] - m["loadgen_cores"]
+	if after != nil {
+		if err := after(l, m); err != nil {
+			return m, err
+		}
+	}
 	return m, nil
 }
 
