@@ -4,9 +4,15 @@ import (
 	"bufio"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/actors/registry"
+	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
 )
 
 // /debug/traffic streams rounds until the client leaves or the server
@@ -39,4 +45,30 @@ func TestTrafficStreamEndsAtShutdown(t *testing.T) {
 		t.Errorf("idle stream wrote %q", rest)
 	}
 	<-stopped
+}
+
+// The listeners' write timeouts (30 s on the main one) are meant for one
+// response: a stream must outlive them, round after round. Here the
+// timeout is a twentieth of a round, and the second round must still
+// arrive.
+func TestTrafficStreamOutlivesTheWriteTimeout(t *testing.T) {
+	sys := actors.NewSystem(zerolog.Nop())
+	registry.Spawn(sys, wire.GenerateNodePrivate().Public())
+	s := &server{sys: sys}
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(s.serveTraffic))
+	ts.Config.WriteTimeout = trafficInterval / 20
+	ts.Start()
+	defer ts.Close()
+	c := &http.Client{Timeout: time.Minute} // a bound on a hang, not a measurement
+	res, err := c.Get(ts.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	br := bufio.NewReader(res.Body)
+	for round := 1; round <= 2; round++ {
+		if line, err := br.ReadString('\n'); err != nil || line != "\n" {
+			t.Fatalf("round %d: %q, %v; want a blank line (an idle server)", round, line, err)
+		}
+	}
 }
