@@ -1,7 +1,7 @@
 # The one test command (README, CI): every package of the main module with
 # the race detector, then the interop suite that drives derpd with
 # Tailscale's own client library, then a region of containers.
-.PHONY: test test-main test-interop test-interop-upstream test-cluster fuzz bench
+.PHONY: test test-main test-interop test-interop-upstream test-cluster fuzz bench screenshots
 
 test: test-main test-interop test-interop-upstream test-cluster
 
@@ -39,3 +39,8 @@ fuzz:
 
 bench:
 	go test -run=XXX -bench=. -benchmem ./wire/ ./actors/... ./stun/
+
+# The screenshots of the debug pages in docs/debug/, from a live two-node
+# region rendered in headless chromium (Debian's package).
+screenshots:
+	cd interop && go run ./cmd/debugshots

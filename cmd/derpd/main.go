@@ -192,6 +192,8 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		ErrorLog:     newStdLogger(log),
 	}
 	servers := []*http.Server{httpSrv}
+	var ln80s net.Listener // the port-80 listener, bound but not yet served
+	var serve80 func()
 	serveErr := make(chan error, 3)
 	if s.certs != nil {
 		// Without a deadline, stuck TLS handshakes (scanners, half-open
@@ -213,16 +215,22 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 				ErrorLog:          newStdLogger(log),
 			}
 			servers = append(servers, srv80)
-			go func() { serveErr <- fmt.Errorf("port 80: %w", srv80.Serve(ln80)) }()
-			log.Info().Str("addr", ln80.Addr().String()).Msg("serving plain HTTP (captive-portal check, ACME, redirects)")
+			// Bound now, so a port in use fails start-up at once, but
+			// served only with the rest: its /debug pages read the mesh
+			// and STUN state set up below.
+			ln80s = ln80
+			serve80 = func() {
+				go func() { serveErr <- fmt.Errorf("port 80: %w", srv80.Serve(ln80)) }()
+				log.Info().Str("addr", ln80.Addr().String()).Msg("serving plain HTTP (captive-portal check, ACME, redirects)")
+			}
 		}
 	}
 	go s.reloadOnHUP(ctx, hup)
 
 	if s.mesh, err = startMesh(opts, sys, priv, meshKey, log); err != nil {
 		s.listener.Close()
-		for _, srv := range servers[1:] {
-			srv.Close()
+		if ln80s != nil {
+			ln80s.Close()
 		}
 		return err
 	}
@@ -232,8 +240,8 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		s.stun, err = stun.Listen(net.JoinHostPort(host, strconv.Itoa(opts.stunPort)))
 		if err != nil {
 			s.listener.Close()
-			for _, srv := range servers[1:] { // port 80, already serving
-				srv.Close()
+			if ln80s != nil {
+				ln80s.Close()
 			}
 			return fmt.Errorf("STUN: %w", err)
 		}
@@ -254,10 +262,16 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		dbg, err := s.startDebugListener(serveErr)
 		if err != nil {
 			s.listener.Close()
+			if ln80s != nil {
+				ln80s.Close()
+			}
 			s.shutdown(servers)
 			return err
 		}
 		servers = append(servers, dbg)
+	}
+	if serve80 != nil {
+		serve80()
 	}
 	proto := "HTTP"
 	if s.certs != nil {
