@@ -217,8 +217,14 @@ func debugFuncs(r *http.Request) template.FuncMap {
 			if ks == "" {
 				return ""
 			}
-			return template.HTML(`<a class="key" href="` + template.HTMLEscapeString(peerURL(k)) + `">` +
-				template.HTMLEscapeString(ks) + `</a>`)
+			// Tables show the start of the key, as logs do, and the whole
+			// key on hover and in the link.
+			shown := ks
+			if hex, ok := strings.CutPrefix(ks, "nodekey:"); ok && len(hex) > 12 {
+				shown = "nodekey:" + hex[:12] + "…"
+			}
+			return template.HTML(`<a class="key" title="` + template.HTMLEscapeString(ks) + `" href="` +
+				template.HTMLEscapeString(peerURL(k)) + `">` + template.HTMLEscapeString(shown) + `</a>`)
 		},
 		"ago": func(t time.Time) string {
 			if t.IsZero() {
