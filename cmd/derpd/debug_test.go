@@ -220,18 +220,7 @@ func TestDebugFlagsRefusedByName(t *testing.T) {
 		{[]string{"-a", ":8080", "-debug-allow", "10.0.0.0/8,banana"}, "-debug-allow"},
 		{[]string{"-a", ":8080", "-debug-allow", "10.1.2.3/8"}, "-debug-allow"},
 	} {
-		o, err := parseFlags(c.args)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = o.checkSupported()
-		if err == nil {
-			t.Errorf("%q accepted, want a clear refusal", c.args)
-			continue
-		}
-		if !strings.Contains(err.Error(), c.flag) {
-			t.Errorf("%q refused with %q, which does not name %s", c.args, err, c.flag)
-		}
+		expectRefused(t, c.args, c.flag)
 	}
 	for _, args := range [][]string{
 		{"-a", ":8080", "-debug-addr", "127.0.0.1:9090"},

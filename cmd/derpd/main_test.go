@@ -96,19 +96,11 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		{[]string{"-a", ":8080", "-log-format", "xml"}, "-log-format"},
 		{[]string{"-a", ":8080", "-log-level", "loud"}, "-log-level"},
 		{[]string{"-a", ":8080", "-home", "bogus"}, "-home"},
+		{[]string{"-a", ":8080", "-flows-max", "0"}, "-flows-max"},
+		{[]string{"-a", ":8080", "-flows-sweep", "0s"}, "-flows-sweep"},
+		{[]string{"-a", ":8080", "-rejects-max", "-1"}, "-rejects-max"},
 	} {
-		o, err := parseFlags(c.args)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = o.checkSupported()
-		if err == nil {
-			t.Errorf("%q accepted, want a clear refusal", c.args)
-			continue
-		}
-		if !strings.Contains(err.Error(), c.flag) {
-			t.Errorf("%q refused with %q, which does not name %s", c.args, err, c.flag)
-		}
+		expectRefused(t, c.args, c.flag)
 	}
 	// Supported configurations pass: plain HTTP with admission control,
 	// TLS with Let's Encrypt, manual certificates, bootstrap DNS.
@@ -214,5 +206,23 @@ func TestUpgradeResponseIsExact(t *testing.T) {
 		strings.Repeat("00", 31) + "\r\n\r\n"
 	if got != want {
 		t.Fatalf("got %q\nwant %q", got, want)
+	}
+}
+
+// expectRefused requires args to be refused at start-up with a message
+// naming flag.
+func expectRefused(t *testing.T, args []string, flag string) {
+	t.Helper()
+	o, err := parseFlags(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = o.checkSupported()
+	if err == nil {
+		t.Errorf("%q accepted, want a clear refusal", args)
+		return
+	}
+	if !strings.Contains(err.Error(), flag) {
+		t.Errorf("%q refused with %q, which does not name %s", args, err, flag)
 	}
 }
