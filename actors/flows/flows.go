@@ -7,6 +7,7 @@
 package flows
 
 import (
+	"bytes"
 	"cmp"
 	"container/list"
 	"slices"
@@ -320,7 +321,18 @@ func (f *Flows) snapshot(m *actors.GetFlows) *actors.FlowsSnapshot {
 		if c := cmp.Compare(b.Bytes, a.Bytes); c != 0 {
 			return c
 		}
-		return cmp.Compare(a.LastActive.UnixNano(), b.LastActive.UnixNano())
+		if c := b.LastActive.Compare(a.LastActive); c != 0 {
+			return c
+		}
+		// Ties broken by the flow itself: the same flows always list in
+		// the same order.
+		if c := bytes.Compare(a.Src[:], b.Src[:]); c != 0 {
+			return c
+		}
+		if c := bytes.Compare(a.Dst[:], b.Dst[:]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Via, b.Via)
 	})
 	if m.Limit > 0 && len(out.Flows) > m.Limit {
 		out.Flows = out.Flows[:m.Limit]

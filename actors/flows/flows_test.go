@@ -150,7 +150,8 @@ func TestFlowsLoseNothingToATallyStartingOverOrEnding(t *testing.T) {
 	count(a, key(1), key(4), "", 3, 10) // full: counted with the other flows
 	count(a, key(1), key(2), "", 1, 10) // an old flow: its own counter still
 	h.advance(time.Second)
-	want := `[1>2 via "" 40B 4p 8B/s 0.8p/s] [1>3 via "" 30B 3p 6B/s 0.6p/s] [0>0 via "(other flows)" 30B 3p 6B/s 0.6p/s] `
+	// (Equal rates and totals: in key order, the other flows' zero key first.)
+	want := `[1>2 via "" 40B 4p 8B/s 0.8p/s] [0>0 via "(other flows)" 30B 3p 6B/s 0.6p/s] [1>3 via "" 30B 3p 6B/s 0.6p/s] `
 	if got := show(h.flows(wire.NodePublic{})); got != want {
 		t.Fatalf("flows\n got %s\nwant %s", got, want)
 	}
