@@ -67,7 +67,8 @@ func TestOutboxStalledPeerNeverHoldsSenders(t *testing.T) {
 		src, dst := testKey(1), testKey(2)
 		o.ForwardPacket(dst, packet(src, make([]byte, 1200)), nil)
 		synctest.Wait() // the writer is blocked writing the first packet
-		// Blocked for a while: longer than a healthy peer takes.
+		// Blocked for a while: longer than a healthy peer takes. (The
+		// bubble's clock: the sleep is instant, and nothing else runs.)
 		time.Sleep(2 * linkStalledAfter)
 
 		const n = 3000
@@ -120,7 +121,8 @@ func TestOutboxDrainingWriterMakesSendersWait(t *testing.T) {
 		src, dst := testKey(1), testKey(2)
 		o.ForwardPacket(dst, packet(src, []byte("a")), nil) // fills the queue; no writer runs
 		go func() {
-			time.Sleep(actors.MaxQueueWait / 2)
+			time.Sleep(actors.MaxQueueWait / 2) // the bubble's clock
+
 			it := <-o.data // the writer takes one
 			it.p.Release()
 		}()
@@ -154,7 +156,7 @@ func TestOutboxCongestionLastsUntilTheQueueDrains(t *testing.T) {
 		}
 		send(1, nil)
 		synctest.Wait()
-		time.Sleep(2 * linkStalledAfter)
+		time.Sleep(2 * linkStalledAfter) // the bubble's clock: instant
 		var w actors.Waiter
 		send(DefaultQueueDepth+1, &w) // fills the queue, then finds it stalled
 		if !o.congested.Load() || w.Waits != 0 {
