@@ -122,7 +122,7 @@ func TestOutboxDrainingWriterMakesSendersWait(t *testing.T) {
 		o.ForwardPacket(dst, packet(src, []byte("a")), nil) // fills the queue; no writer runs
 		go func() {
 			time.Sleep(actors.MaxQueueWait / 2) // the bubble's clock
-			it := <-o.data // the writer takes one
+			it := <-o.data                      // the writer takes one
 			it.p.Release()
 		}()
 		var w actors.Waiter
