@@ -3,6 +3,10 @@ package actors
 import (
 	"math/rand/v2"
 	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/rs/zerolog"
 )
 
 // StepDispatcher is a protoactor dispatcher that runs nothing on its own:
@@ -69,4 +73,20 @@ func (d *StepDispatcher) Pending() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.queue)
+}
+
+// NewSteppedSystem is the start of every deterministic actor test: a
+// system whose actors run only when the test steps the dispatcher, with
+// time that moves only when the test advances the clock (from start).
+func NewSteppedSystem(start time.Time) (*System, *StepDispatcher, *FakeClock) {
+	d, clock := NewStepDispatcher(), NewFakeClock(start)
+	return NewSystem(zerolog.Nop(), WithDispatcher(d), WithClock(clock)), d, clock
+}
+
+// Ask sends msg to pid as a request, runs every actor until none has work,
+// and returns the answer: a query of a stepped system in one call.
+func (d *StepDispatcher) Ask(sys *System, pid *actor.PID, msg any) (any, error) {
+	f := sys.Root.RequestFuture(pid, msg, time.Minute)
+	d.RunUntilIdle()
+	return f.Result()
 }

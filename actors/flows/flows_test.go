@@ -8,7 +8,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
-	"github.com/rs/zerolog"
 )
 
 // harness runs a flows actor on a step dispatcher with a fake clock: the
@@ -25,8 +24,8 @@ type harness struct {
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
 func newHarness(t *testing.T, cfg Config) *harness {
-	h := &harness{t: t, d: actors.NewStepDispatcher(), clock: actors.NewFakeClock(epoch)}
-	h.sys = actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(h.d), actors.WithClock(h.clock))
+	h := &harness{t: t}
+	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch)
 	h.pid = Spawn(h.sys, cfg)
 	cfg.setDefaults()
 	h.cfg = cfg
@@ -52,9 +51,7 @@ func (h *harness) advance(d time.Duration) {
 
 func (h *harness) flows(key wire.NodePublic) *actors.FlowsSnapshot {
 	h.t.Helper()
-	f := h.sys.Root.RequestFuture(h.pid, &actors.GetFlows{Key: key}, time.Minute)
-	h.d.RunUntilIdle()
-	res, err := f.Result()
+	res, err := h.d.Ask(h.sys, h.pid, &actors.GetFlows{Key: key})
 	if err != nil {
 		h.t.Fatal(err)
 	}

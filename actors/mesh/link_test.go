@@ -13,7 +13,6 @@ import (
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/registry"
 	"github.com/derpd/derpd/wire"
-	"github.com/rs/zerolog"
 )
 
 // linkHarness runs one link actor and a real registry on a step
@@ -41,8 +40,8 @@ type attempt struct {
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
 func newLinkHarness(t *testing.T) *linkHarness {
-	h := &linkHarness{t: t, d: actors.NewStepDispatcher(), clock: actors.NewFakeClock(epoch)}
-	h.sys = actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(h.d), actors.WithClock(h.clock))
+	h := &linkHarness{t: t}
+	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch)
 	priv := wire.GenerateNodePrivate()
 	registry.Spawn(h.sys, priv.Public())
 	h.cfg = &Config{PrivateKey: priv, PublicKey: priv.Public(), MeshKey: testMeshKey(1), Seed: 42}
@@ -91,9 +90,7 @@ func (h *linkHarness) succeed(peerKey wire.NodePublic) net.Conn {
 
 func (h *linkHarness) state() *LinkState {
 	h.t.Helper()
-	f := h.sys.Root.RequestFuture(h.pid, &GetLinkState{}, time.Minute)
-	h.d.RunUntilIdle()
-	res, err := f.Result()
+	res, err := h.d.Ask(h.sys, h.pid, &GetLinkState{})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -102,9 +99,7 @@ func (h *linkHarness) state() *LinkState {
 
 func (h *linkHarness) registry() *actors.RegistryState {
 	h.t.Helper()
-	f := h.sys.Root.RequestFuture(h.sys.Registry, &actors.GetRegistryState{}, time.Minute)
-	h.d.RunUntilIdle()
-	res, err := f.Result()
+	res, err := h.d.Ask(h.sys, h.sys.Registry, &actors.GetRegistryState{})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -36,9 +36,7 @@ func addrs(s ...string) []netip.Addr {
 
 func (h *linkHarness) links() []string {
 	h.t.Helper()
-	f := h.sys.Root.RequestFuture(h.pid, &GetLinks{}, time.Minute)
-	h.d.RunUntilIdle()
-	res, err := f.Result()
+	res, err := h.d.Ask(h.sys, h.pid, &GetLinks{})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -524,9 +524,7 @@ func TestRandomChurnStaysConsistent(t *testing.T) {
 
 func (h *harness) ask(msg any) any {
 	h.t.Helper()
-	f := h.sys.Root.RequestFuture(h.reg, msg, time.Minute)
-	h.d.RunUntilIdle()
-	res, err := f.Result()
+	res, err := h.d.Ask(h.sys, h.reg, msg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
-	"github.com/rs/zerolog"
 )
 
 type harness struct {
@@ -23,8 +22,8 @@ type harness struct {
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
 func newHarness(t *testing.T, max int) *harness {
-	h := &harness{t: t, d: actors.NewStepDispatcher(), clock: actors.NewFakeClock(epoch)}
-	h.sys = actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(h.d), actors.WithClock(h.clock))
+	h := &harness{t: t}
+	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch)
 	h.pid = Spawn(h.sys, max)
 	h.d.RunUntilIdle()
 	return h
@@ -37,9 +36,7 @@ func (h *harness) send(msg any) {
 
 func (h *harness) snapshot(k wire.NodePublic) *actors.RejectsSnapshot {
 	h.t.Helper()
-	f := h.sys.Root.RequestFuture(h.pid, &actors.GetRejects{Key: k}, time.Minute)
-	h.d.RunUntilIdle()
-	res, err := f.Result()
+	res, err := h.d.Ask(h.sys, h.pid, &actors.GetRejects{Key: k})
 	if err != nil {
 		h.t.Fatal(err)
 	}
