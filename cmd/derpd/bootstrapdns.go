@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"hash/fnv"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -160,41 +159,45 @@ func (b *bootstrapDNS) lookup(ctx context.Context, name string) ([]string, error
 	return out, nil
 }
 
-// rolloutPercent reads a TXT record holding 0–100; anything else, or no
-// record, means 0: a rollout that cannot be read is off.
+// rolloutPercent reads a TXT record holding 0–100, as upstream does: of
+// several strings the last that parses wins; anything else, or no record,
+// means 0, so a rollout that cannot be read is off.
 func (b *bootstrapDNS) rolloutPercent(ctx context.Context, txtName string) int {
 	txts, err := b.res.LookupTXT(ctx, txtName)
-	if err != nil || len(txts) == 0 {
+	if err != nil {
 		return 0
 	}
-	p, err := strconv.Atoi(strings.TrimSpace(txts[0]))
-	if err != nil || p < 0 || p > 100 {
-		return 0
+	p := 0
+	for _, txt := range txts {
+		if v, err := strconv.Atoi(txt); err == nil && v >= 0 && v <= 100 {
+			p = v
+		}
 	}
 	return p
 }
 
-// inRollout decides whether a client is in the first percent of clients.
-// The choice is stable per client address, so a client does not flip
-// between answers; loopback clients (tests, a local proxy) get a fresh
-// random draw each time.
+// inRollout decides whether a client is in a percent rollout. It draws
+// exactly as upstream derper does, so that in a region mixing derpd and
+// derper a client gets the same answer from every node: the client's
+// address as 16 bytes (IPv4 mapped) seeds a PCG generator with its two
+// little-endian halves, and the client is in when percent/100 exceeds the
+// generator's first Float64. The draw is stable per address, so a client
+// does not flip between answers. Loopback clients (tests, a local proxy)
+// draw afresh each time against the percent (upstream answers them yes
+// half the time whatever the percent; there is no address to agree on).
 func inRollout(client netip.Addr, percent int) bool {
 	if percent >= 100 {
 		return true
 	}
-	if percent <= 0 {
+	if percent <= 0 || !client.IsValid() {
 		return false
 	}
-	var draw uint64
-	if !client.IsValid() || client.IsLoopback() {
-		draw = rand.Uint64()
-	} else {
-		h := fnv.New64a()
-		a := client.As16()
-		h.Write(a[:])
-		draw = binary.BigEndian.Uint64(h.Sum(nil))
+	if client.IsLoopback() {
+		return rand.IntN(100) < percent
 	}
-	return int(draw%100) < percent
+	a := client.As16()
+	draw := rand.New(rand.NewPCG(binary.LittleEndian.Uint64(a[:8]), binary.LittleEndian.Uint64(a[8:]))).Float64()
+	return float64(percent)/100 > draw
 }
 
 func (b *bootstrapDNS) serveHTTP(w http.ResponseWriter, r *http.Request) {

@@ -108,3 +108,61 @@ func TestBootstrapDNSUnconfiguredIsEmpty(t *testing.T) {
 		t.Fatalf("got %v, want an empty body", got)
 	}
 }
+
+// TestRolloutMatchesUpstream pins the rollout draw to upstream derper's.
+// Each row is a client address and whether it is in a 1, 10, 25, 50, 75,
+// 90 and 99 percent rollout, as derper v1.102.5 answered when these rows
+// were recorded; a region mixing derpd and derper must agree on them.
+func TestRolloutMatchesUpstream(t *testing.T) {
+	percents := []int{1, 10, 25, 50, 75, 90, 99}
+	for _, row := range []struct{ addr, in string }{
+		{"198.51.100.1", "0111111"},
+		{"198.51.100.2", "0000011"},
+		{"203.0.113.77", "0001111"},
+		{"192.0.2.200", "0000111"},
+		{"10.1.2.3", "0011111"},
+		{"100.64.0.9", "0000011"},
+		{"2001:db8::1", "0011111"},
+		{"2001:db8::2", "0011111"},
+		{"2001:db8:1234:5678::abcd", "0000111"},
+		{"fd7a:115c:a1e0::1", "0000111"},
+	} {
+		for i, p := range percents {
+			want := row.in[i] == '1'
+			// IPv4 arrives unmapped or mapped depending on the listener;
+			// both must draw the same.
+			for _, a := range []netip.Addr{netip.MustParseAddr(row.addr), netip.AddrFrom16(netip.MustParseAddr(row.addr).As16())} {
+				if got := inRollout(a, p); got != want {
+					t.Errorf("%v in a %d%% rollout: %v, derper says %v", a, p, got, want)
+				}
+			}
+		}
+	}
+	// Of 198.51.0.0–198.51.3.231, derper puts 497 in a 50% rollout.
+	in := 0
+	for i := range 1000 {
+		if inRollout(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}), 50) {
+			in++
+		}
+	}
+	if in != 497 {
+		t.Errorf("%d of 1000 clients in a 50%% rollout, derper has 497", in)
+	}
+	if inRollout(netip.Addr{}, 99) {
+		t.Error("a request without a parseable address is in a rollout; derper says no")
+	}
+}
+
+func TestRolloutPercentTXT(t *testing.T) {
+	res := &fakeResolver{txt: map[string][]string{
+		"many.example.com":   {"10", "junk", "40"},
+		"spaced.example.com": {" 50 "},
+		"high.example.com":   {"101"},
+	}}
+	b := newBootstrapDNS("", "", res, zerolog.Nop())
+	for name, want := range map[string]int{"many.example.com": 40, "spaced.example.com": 0, "high.example.com": 0, "absent.example.com": 0} {
+		if got := b.rolloutPercent(context.Background(), name); got != want {
+			t.Errorf("TXT %s: %d%%, want %d%% as derper reads it", name, got, want)
+		}
+	}
+}
