@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,14 @@ type Outbox struct {
 	closeOnce  sync.Once
 	finished   chan struct{}         // closed when the writer goroutine has exited
 	writeErr   atomic.Pointer[error] // the first write error, which ended the connection
+
+	// greeted is closed once ServerInfo has been flushed to the socket
+	// (or the writer has given up): the reader handles no frame before,
+	// so nothing a client pipelines behind its ClientInfo can make the
+	// server answer ahead of ServerInfo, or close the connection
+	// without it. Closed by the writer's slot holder (greetedClosed).
+	greeted       chan struct{}
+	greetedClosed bool
 
 	ctrlMu      sync.Mutex
 	ctrl        []ctrlFrame
@@ -104,6 +113,7 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 		disco:        make(chan *wire.Packet, depth),
 		wake:         make(chan struct{}, 1),
 		finished:     make(chan struct{}),
+		greeted:      make(chan struct{}),
 	}
 	o.w = wire.NewWriter(timedWriter{o}, cfg.MaxWrite)
 	return o
@@ -234,11 +244,19 @@ func (o *Outbox) QueuePong(data [wire.PingDataLen]byte) {
 }
 
 // queueServerInfo queues the ServerInfo frame. The client actor calls it
-// once the registry has confirmed the registration, before Start, so it
-// is the first frame the writer sends.
+// once the registry has confirmed the registration, before Start. It goes
+// ahead of any control frame queued before it, so it is the first frame
+// the writer sends.
 func (o *Outbox) queueServerInfo(body []byte) {
-	o.queueCtrl(ctrlFrame{typ: wire.FrameServerInfo, body: body})
+	o.ctrlMu.Lock()
+	o.ctrl = slices.Insert(o.ctrl, 0, ctrlFrame{typ: wire.FrameServerInfo, body: body})
+	o.ctrlMu.Unlock()
+	o.signal()
 }
+
+// Greeted is closed once ServerInfo has been written, or the writer has
+// ended without writing it.
+func (o *Outbox) Greeted() <-chan struct{} { return o.greeted }
 
 func (o *Outbox) queueCtrl(f ctrlFrame) {
 	o.ctrlMu.Lock()
@@ -399,6 +417,12 @@ func (o *Outbox) run() {
 			}
 		}
 		o.flush()
+		if !o.greetedClosed {
+			// The first writer after Start: ServerInfo, queued before
+			// Start and written first (see queueServerInfo), is out.
+			o.greetedClosed = true
+			close(o.greeted)
+		}
 		if err := o.w.Err(); err != nil {
 			o.fail(err)
 			o.finish()

@@ -63,6 +63,7 @@ type reader struct {
 	via     string             // for a mesh peer's link: the peer, for the flows it forwards in
 	now     int64              // time of the last socket read, stamped on queued packets
 	notHere *rate.Limiter      // created on first use: most clients never need it
+	greeted bool               // ServerInfo is out: frames may be handled
 }
 
 func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
@@ -90,6 +91,11 @@ func (r *reader) run() error {
 		if err != nil {
 			return err
 		}
+		if !r.greeted {
+			if err := r.awaitGreeting(); err != nil {
+				return err
+			}
+		}
 		if idle {
 			r.now = time.Now().UnixNano()
 		}
@@ -108,6 +114,35 @@ func (r *reader) run() error {
 			// queued unwoken meanwhile.
 			r.waiter.WakeDeferred()
 		}
+	}
+}
+
+// errNotGreeted ends a connection whose ServerInfo was never written.
+var errNotGreeted = errors.New("connection ended before ServerInfo was written")
+
+// awaitGreeting holds the first frame until ServerInfo has been written,
+// which happens once the registry has confirmed the registration: as with
+// upstream, nothing a client pipelines behind its ClientInfo is answered
+// (or refused) ahead of ServerInfo. Usually it is out already.
+func (r *reader) awaitGreeting() error {
+	select {
+	case <-r.outbox.Greeted():
+		r.greeted = true
+		return nil
+	default:
+	}
+	t := time.NewTimer(HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-r.outbox.Greeted():
+		r.greeted = true
+		return nil
+	case <-r.outbox.Finished():
+		return errNotGreeted
+	case <-t.C:
+		// The registry has not answered in a handshake's time: it is
+		// overloaded, and this connection is better closed than served.
+		return fmt.Errorf("registration not confirmed within %v", HandshakeTimeout)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -203,14 +204,34 @@ func handshake(cfg *Config, a Accepted) (wire.NodePublic, wire.ClientInfo, wire.
 	if n < wire.MinClientInfoLen {
 		return key, info, shared, rd, fmt.Errorf("ClientInfo of %d bytes is too short", n)
 	}
-	body := make([]byte, n)
-	if err := rd.ReadFull(body); err != nil {
+	body, err := readGrowing(rd, int(n))
+	if err != nil {
 		return key, info, shared, rd, fmt.Errorf("reading ClientInfo: %w", err)
 	}
 	// One key derivation serves both opening ClientInfo and sealing
 	// ServerInfo: it is most of a handshake's CPU.
 	key, info, shared, err = wire.OpenClientInfo(body, cfg.PrivateKey)
 	return key, info, shared, rd, err
+}
+
+// clientInfoChunk is how much of a ClientInfo body is read (and held) at a
+// time. A real one is a few hundred bytes; a header may claim up to
+// wire.MaxClientInfoLen, and memory is committed only as the bytes
+// arrive, so a connection that claims much and sends little (thousands of
+// them, in an attack) costs little.
+const clientInfoChunk = 4 << 10
+
+// readGrowing reads an n-byte body, growing its buffer as bytes arrive.
+func readGrowing(rd *wire.Reader, n int) ([]byte, error) {
+	body := make([]byte, 0, min(n, clientInfoChunk))
+	for len(body) < n {
+		k := min(n-len(body), clientInfoChunk)
+		body = slices.Grow(body, k)[:len(body)+k]
+		if err := rd.ReadFull(body[len(body)-k:]); err != nil {
+			return nil, err
+		}
+	}
+	return body, nil
 }
 
 func isMesh(cfg *Config, info wire.ClientInfo) bool {

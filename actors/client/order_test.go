@@ -1,0 +1,81 @@
+package client
+
+import (
+	"bytes"
+	"runtime"
+	"testing"
+
+	"github.com/derpd/derpd/wire"
+)
+
+// TestServeServerInfoFirstWhenFramesArePipelined: a client may send frames
+// right behind its ClientInfo, before the server has registered it.
+// Whatever they provoke (a PeerGone for an unknown key, a refusal of a
+// mesh privilege) comes after ServerInfo, as with upstream, which writes
+// ServerInfo before it reads a frame. A probe of 300 such connections
+// once found PeerGone first in nearly all of them.
+func TestServeServerInfoFirstWhenFramesArePipelined(t *testing.T) {
+	s := startTestServer(t, Config{})
+	unknown := wire.GenerateNodePrivate().Public()
+	for i := range 100 {
+		tc := s.dial(t)
+		body, err := wire.AppendClientInfo(nil, tc.priv, s.cfg.PublicKey, clientInfo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.w.WriteFrame(wire.FrameClientInfo, body, nil)
+		tc.w.WriteSendPacket(unknown, discoPayload(byte(i)))
+		if i%2 == 1 {
+			// A mesh privilege the client lacks: the server closes the
+			// connection, but only after ServerInfo.
+			tc.w.WriteFrame(wire.FrameWatchConns, nil, nil)
+		}
+		if err := tc.w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := tc.tryRead()
+		if err != nil {
+			t.Fatalf("connection %d: reading the first frame after ServerKey: %v", i, err)
+		}
+		if typ != wire.FrameServerInfo {
+			t.Fatalf("connection %d: first frame after ServerKey is %v %x, want ServerInfo", i, typ, body)
+		}
+		if i%2 == 1 {
+			tc.expectClosed(wire.FrameServerInfo)
+		} else if typ, body := tc.readSkipping(); typ != wire.FramePeerGone || wire.NodePublic(body[:32]) != unknown {
+			t.Fatalf("connection %d: after ServerInfo got %v %x, want PeerGone(not here)", i, typ, body)
+		}
+		tc.conn.Close()
+	}
+}
+
+// TestClientInfoMemoryGrowsWithTheBytes: a ClientInfo header may claim up
+// to wire.MaxClientInfoLen; the server commits memory only as the bytes
+// arrive, so a connection that claims 256 KiB and sends 100 bytes costs a
+// few KiB, not 256.
+func TestClientInfoMemoryGrowsWithTheBytes(t *testing.T) {
+	const claimed, sent = wire.MaxClientInfoLen, 100
+	src := bytes.NewReader(make([]byte, sent))
+	rd := wire.NewReader(src, nil, wire.MaxClientInfoLen)
+	// The reader's own buffer (pooled, every connection has one) is
+	// taken on its first read: take it before measuring.
+	if err := rd.ReadFull(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if _, err := readGrowing(rd, claimed-1); err == nil {
+		t.Fatal("a short body read without error")
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4*clientInfoChunk {
+		t.Fatalf("reading %d of %d claimed bytes allocated %d bytes", sent, claimed, got)
+	}
+	// And a whole body still reads whole.
+	full := bytes.Repeat([]byte{7}, 3*clientInfoChunk+5)
+	got, err := readGrowing(wire.NewReader(bytes.NewReader(full), nil, wire.MaxClientInfoLen), len(full))
+	if err != nil || !bytes.Equal(got, full) {
+		t.Fatalf("full body: %d bytes, %v", len(got), err)
+	}
+}
