@@ -20,10 +20,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/derpd/derpd/interop/harness"
+	"github.com/derpd/derpd/interop/internal/procstat"
 )
 
 var selfPID = os.Getpid()
@@ -61,7 +61,7 @@ func main() {
 		report = flag.String("report", "", "measure nothing: print the table and redraw the plots (in -out) from this runs.json")
 	)
 	flag.Parse()
-	raiseFileLimit()
+	procstat.RaiseFileLimit()
 	b := &bench{rounds: *rounds, quick: *quick, size: *size, outDir: *out, servers: []harness.Kind{harness.Derpd, harness.Derper}, pprof: *prof}
 	if b.quick {
 		b.rounds = 1
@@ -131,16 +131,6 @@ func (b *bench) load(path string) error {
 		b.size = saved.PacketSize
 	}
 	return nil
-}
-
-// raiseFileLimit lifts the open-file limit to its hard maximum, for this
-// process and the servers it starts (10,000+ connections).
-func raiseFileLimit() {
-	var r syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) == nil {
-		r.Cur = r.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
-	}
 }
 
 func (b *bench) want(s string) bool { return b.only == nil || b.only[s] }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/derpd/derpd/interop/harness"
+	"github.com/derpd/derpd/interop/internal/procstat"
 )
 
 // The mesh scenarios run on regions: nodes of one kind meshed over TLS on
@@ -285,12 +286,12 @@ func measureMesh(r *harness.Region, spec loadSpec, slow slowdown) (metrics, erro
 	if err != nil {
 		return nil, err
 	}
-	var cpus []*cpuMeter
+	var cpus []*procstat.CPUMeter
 	for _, n := range r.Nodes {
-		cpus = append(cpus, startCPU(n.Process().Pid))
+		cpus = append(cpus, procstat.StartCPU(n.Process().Pid))
 	}
-	self := startCPU(selfPID)
-	machine := startMachine()
+	self := procstat.StartCPU(selfPID)
+	machine := procstat.StartMachine()
 	if slow != nil {
 		slow.mark()
 	}
@@ -301,16 +302,16 @@ func measureMesh(r *harness.Region, spec loadSpec, slow slowdown) (metrics, erro
 	dt := c1.at.Sub(c0.at).Seconds()
 	total := 0.0
 	for i, c := range cpus {
-		v := c.cores()
+		v := c.Cores()
 		m[fmt.Sprintf("node%d_cores", i+1)] = v
 		total += v
 	}
 	m["server_cores"] = total
-	m["loadgen_cores"] = self.cores()
+	m["loadgen_cores"] = self.Cores()
 	// What else the machine did during the window: other processes, and
 	// any interrupt time not charged to one. A figure measured next to a
 	// busy neighbour says so here.
-	m["machine_cores"] = machine.cores()
+	m["machine_cores"] = machine.Cores()
 	m["other_cores"] = m["machine_cores"] - total - m["loadgen_cores"]
 	// The counters before the slowdown ends: a throttled link that opens
 	// up delivers its backlog at once.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/derpd/derpd/interop/harness"
+	"github.com/derpd/derpd/interop/internal/procstat"
 	"tailscale.com/derp"
 	"tailscale.com/types/key"
 )
@@ -49,9 +50,9 @@ func measureLoadThen(srv *harness.Server, spec loadSpec, after func(*load, metri
 	time.Sleep(wait)
 	windowStarts(win)
 	c0 := l.counts()
-	cpu := startCPU(srv.Process().Pid)
-	self := startCPU(selfPID)
-	machine := startMachine()
+	cpu := procstat.StartCPU(srv.Process().Pid)
+	self := procstat.StartCPU(selfPID)
+	machine := procstat.StartMachine()
 	time.Sleep(win)
 	c1 := l.counts()
 	if spec.stalledPer > 0 {
@@ -65,12 +66,12 @@ func measureLoadThen(srv *harness.Server, spec loadSpec, after func(*load, metri
 		}
 	}
 	m := l.figures(c0, c1)
-	m["server_cores"] = cpu.cores()
-	m["loadgen_cores"] = self.cores()
+	m["server_cores"] = cpu.Cores()
+	m["loadgen_cores"] = self.Cores()
 	// What else the machine did meanwhile (other processes, interrupts
 	// charged to none), as measureMesh records it: a figure taken next to
 	// a busy neighbour says so here.
-	m["machine_cores"] = machine.cores()
+	m["machine_cores"] = machine.Cores()
 	m["other_cores"] = m["machine_cores"] - m["server_cores"] - m["loadgen_cores"]
 	if after != nil {
 		if err := after(l, m); err != nil {
@@ -243,7 +244,7 @@ func idleMemory(srv *harness.Server, n int) (metrics, error) {
 	pid := srv.Process().Pid
 	forceGC(srv)
 	time.Sleep(200 * time.Millisecond)
-	rss0, err := rssKiB(pid)
+	rss0, err := procstat.RSSKiB(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +265,7 @@ func idleMemory(srv *harness.Server, n int) (metrics, error) {
 	time.Sleep(time.Second)
 	forceGC(srv)
 	time.Sleep(500 * time.Millisecond)
-	rss1, err := rssKiB(pid)
+	rss1, err := procstat.RSSKiB(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -319,7 +320,7 @@ func handshakes(srv *harness.Server, workers int, d time.Duration) (metrics, err
 	var count, fails atomic.Int64
 	var wg sync.WaitGroup
 	windowStarts(d)
-	cpu := startCPU(srv.Process().Pid)
+	cpu := procstat.StartCPU(srv.Process().Pid)
 	deadline := time.Now().Add(d)
 	t0 := time.Now()
 	for range workers {
@@ -342,6 +343,6 @@ func handshakes(srv *harness.Server, workers int, d time.Duration) (metrics, err
 	return metrics{
 		"handshakes_per_sec": float64(count.Load()) / dt,
 		"failures":           float64(fails.Load()),
-		"server_cores":       cpu.cores(),
+		"server_cores":       cpu.Cores(),
 	}, nil
 }

@@ -1,4 +1,8 @@
-package main
+// Package procstat reads what Linux's /proc says about processes: CPU
+// time, resident memory, and the whole machine's busy time. The tools
+// that run servers side by side (derpbench, soak) measure both servers
+// and themselves with it, so both are measured alike.
+package procstat
 
 import (
 	"bytes"
@@ -6,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -13,9 +18,9 @@ import (
 // 100 on every Linux this runs on.
 const clockTicks = 100
 
-// cpuSeconds is the CPU time (user + system, all threads) a process has
+// CPUSeconds is the CPU time (user + system, all threads) a process has
 // used so far.
-func cpuSeconds(pid int) (float64, error) {
+func CPUSeconds(pid int) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -34,8 +39,8 @@ func cpuSeconds(pid int) (float64, error) {
 	return (utime + stime) / clockTicks, nil
 }
 
-// rssKiB is the process's resident set.
-func rssKiB(pid int) (int64, error) {
+// RSSKiB is the process's resident set.
+func RSSKiB(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -48,27 +53,28 @@ func rssKiB(pid int) (int64, error) {
 	return 0, fmt.Errorf("no VmRSS for %d", pid)
 }
 
-// cpuMeter measures cores used over an interval.
-type cpuMeter struct {
+// CPUMeter measures the cores a process used over an interval.
+type CPUMeter struct {
 	pid   int
 	start time.Time
 	cpu0  float64
 }
 
-func startCPU(pid int) *cpuMeter {
-	c, _ := cpuSeconds(pid)
-	return &cpuMeter{pid: pid, start: time.Now(), cpu0: c}
+// StartCPU starts measuring pid's CPU from now.
+func StartCPU(pid int) *CPUMeter {
+	c, _ := CPUSeconds(pid)
+	return &CPUMeter{pid: pid, start: time.Now(), cpu0: c}
 }
 
-// cores returns average cores used since start.
-func (m *cpuMeter) cores() float64 {
-	c, _ := cpuSeconds(m.pid)
+// Cores returns average cores used since the start.
+func (m *CPUMeter) Cores() float64 {
+	c, _ := CPUSeconds(m.pid)
 	return (c - m.cpu0) / time.Since(m.start).Seconds()
 }
 
-// machineBusy is the CPU time every process on the machine has used so
+// MachineBusy is the CPU time every process on the machine has used so
 // far (all of /proc/stat's time but idle and iowait), in seconds.
-func machineBusy() (float64, error) {
+func MachineBusy() (float64, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0, err
@@ -91,20 +97,33 @@ func machineBusy() (float64, error) {
 	return busy / clockTicks, nil
 }
 
-// machineMeter measures the cores the whole machine used over an
+// MachineMeter measures the cores the whole machine used over an
 // interval, so that a measurement can say how much of the two cores went
 // to processes other than the servers and the load generator.
-type machineMeter struct {
+type MachineMeter struct {
 	start time.Time
 	busy0 float64
 }
 
-func startMachine() *machineMeter {
-	b, _ := machineBusy()
-	return &machineMeter{start: time.Now(), busy0: b}
+// StartMachine starts measuring the machine from now.
+func StartMachine() *MachineMeter {
+	b, _ := MachineBusy()
+	return &MachineMeter{start: time.Now(), busy0: b}
 }
 
-func (m *machineMeter) cores() float64 {
-	b, _ := machineBusy()
+// Cores returns the average cores the machine was busy since the start.
+func (m *MachineMeter) Cores() float64 {
+	b, _ := MachineBusy()
 	return (b - m.busy0) / time.Since(m.start).Seconds()
+}
+
+// RaiseFileLimit lifts the open-file limit to its hard maximum, for this
+// process and the servers it starts (thousands of connections, each an
+// open file on both ends).
+func RaiseFileLimit() {
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) == nil {
+		r.Cur = r.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
 }
