@@ -18,10 +18,11 @@ const (
 	ActorMeshLink ActorKind = "mesh-link"
 	ActorFlows    ActorKind = "flows"
 	ActorRejects  ActorKind = "rejects"
+	ActorVerify   ActorKind = "verify"
 )
 
 // ActorKinds lists every kind, in the order pages show them.
-var ActorKinds = []ActorKind{ActorRegistry, ActorMesh, ActorMeshLink, ActorFlows, ActorRejects, ActorClient}
+var ActorKinds = []ActorKind{ActorRegistry, ActorMesh, ActorMeshLink, ActorFlows, ActorRejects, ActorVerify, ActorClient}
 
 // MailboxStats counts one actor's messages as its mailbox sees them:
 // posted and processed, system messages included. Their difference is
@@ -44,7 +45,11 @@ func (m *MailboxStats) Processed() int64 { return m.processed.Load() }
 type KindStats struct {
 	posted, processed atomic.Int64
 	live              atomic.Int64 // actors of the kind started and not yet stopped
+	panics            atomic.Int64 // panics caught in the kind's actors (see panicGuard)
 }
+
+// Panics is how many times an actor of the kind has panicked.
+func (k *KindStats) Panics() int64 { return k.panics.Load() }
 
 // Depth is how many messages wait in the mailboxes of the kind's actors.
 func (k *KindStats) Depth() int64 { return k.posted.Load() - k.processed.Load() }

@@ -120,7 +120,13 @@ type MeshLinkUp struct {
 	Peer    string          // the link's name (its -mesh-with or -mesh-dns entry)
 	PeerKey wire.NodePublic // the peer server's key
 	Forward Forwarder
+	Owner   *actor.PID // the link actor, told if the registry loses the session
 }
+
+// RegistryRestarted tells a mesh link that the registry recovered from a
+// fault with empty tables: the link's session is unknown to it, so the
+// link reconnects and announces its peer's keys afresh.
+type RegistryRestarted struct{}
 
 // MeshUpdate carries what a link session's peer announced, in the order
 // it sent it. The link sends the next only once the registry has answered

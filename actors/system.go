@@ -100,7 +100,8 @@ func (s *System) Props(kind ActorKind, p actor.Producer, opts ...actor.PropsOpti
 	if s.dispatcher != nil {
 		opts = append(opts, actor.WithDispatcher(s.dispatcher))
 	}
-	opts = append(opts, actor.WithReceiverMiddleware(append([]actor.ReceiverMiddleware{liveCounter(ks)}, s.middleware...)...))
+	mw := append([]actor.ReceiverMiddleware{s.panicGuard(kind, ks), liveCounter(ks)}, s.middleware...)
+	opts = append(opts, actor.WithReceiverMiddleware(mw...))
 	return actor.PropsFromProducer(p, opts...), stats
 }
 
@@ -168,6 +169,7 @@ func (s *System) WritePrometheus(p PromWriter) {
 		{"derpd_actors", "gauge", (*KindStats).Live},
 		{"derpd_actor_mailbox_depth", "gauge", (*KindStats).Depth},
 		{"derpd_actor_messages_processed", "counter", (*KindStats).Processed},
+		{"derpd_actor_panics", "counter", (*KindStats).Panics},
 	} {
 		p.Header(m.name, m.typ)
 		for _, k := range ActorKinds {

@@ -79,6 +79,23 @@ func (a *clientActor) Receive(ctx actor.Context) {
 	}
 }
 
+// Recover implements actors.Recoverer. A client actor that panicked may
+// have lost track of its connection, so the connection is closed: its
+// reader ends and readerDone cleans up as after any disconnect, and the
+// client reconnects. Had the panic struck that cleanup itself, the rest
+// is done here (each step is idempotent) and the actor stops.
+func (a *clientActor) Recover(ctx actor.Context, reason any) {
+	if a.closeReason == "" {
+		a.closeReason = "internal error (the connection's actor panicked)"
+	}
+	a.netConn.Close()
+	if a.done {
+		a.outbox.Close()
+		ctx.Send(a.sys.Registry, &actors.Unregister{Conn: a.conn})
+		ctx.Stop(ctx.Self())
+	}
+}
+
 // recordEnd tells the rejects actor how the connection ended: always, for
 // the ring of recent disconnects, and as a reject when the client broke
 // the protocol or could not be written to.

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"runtime"
 	"testing"
+	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
 )
 
@@ -77,5 +80,45 @@ func TestClientInfoMemoryGrowsWithTheBytes(t *testing.T) {
 	got, err := readGrowing(wire.NewReader(bytes.NewReader(full), nil, wire.MaxClientInfoLen), len(full))
 	if err != nil || !bytes.Equal(got, full) {
 		t.Fatalf("full body: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestServeClientActorPanicClosesTheConnection: a client actor that
+// panics closes its connection (the client reconnects) and cleans up as
+// for any disconnect, rather than living on in a state nobody knows.
+func TestServeClientActorPanicClosesTheConnection(t *testing.T) {
+	const boom = "test: panic here"
+	panicOnBoom := func(next actor.ReceiverFunc) actor.ReceiverFunc {
+		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			if m, ok := env.Message.(*actors.CloseConn); ok && m.Reason == boom {
+				panic(boom)
+			}
+			next(ctx, env)
+		}
+	}
+	s := startTestServer(t, Config{}, actors.WithReceiverMiddleware(panicOnBoom))
+	a := s.connect(t, clientInfo)
+	b := s.connect(t, clientInfo)
+	s.syncRegistry(t)
+	s.sys.Send(s.sys.Registry, &actors.CloseAll{Reason: boom}) // reaches both client actors
+	a.expectClosed()
+	b.expectClosed()
+	// Both connections are gone from the registry and the counters; no
+	// client actor is left.
+	for {
+		st, err := s.sys.Root.RequestFuture(s.sys.Registry, &actors.GetRegistryState{}, 10*time.Second).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.(*actors.RegistryState).Conns == 0 && s.sys.Kind(actors.ActorClient).Live() == 0 {
+			break
+		}
+		runtime.Gosched() // the client actors' cleanup runs on their own goroutines
+	}
+	if n := s.sys.Kind(actors.ActorClient).Panics(); n != 2 {
+		t.Fatalf("%d client actor panics counted, want 2", n)
+	}
+	if n := s.sys.Stats.CurrentConns.Load(); n != 0 {
+		t.Fatalf("current connections %d after both closed", n)
 	}
 }

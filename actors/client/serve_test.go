@@ -23,9 +23,9 @@ type testServer struct {
 	addr string
 }
 
-func startTestServer(t testing.TB, cfg Config) *testServer {
+func startTestServer(t testing.TB, cfg Config, opts ...actors.Option) *testServer {
 	t.Helper()
-	sys := actors.NewSystem(zerolog.Nop())
+	sys := actors.NewSystem(zerolog.Nop(), opts...)
 	if cfg.PrivateKey.IsZero() {
 		cfg.PrivateKey = wire.GenerateNodePrivate()
 	}

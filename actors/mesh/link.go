@@ -204,7 +204,17 @@ func (l *link) Receive(ctx actor.Context) {
 		if l.current(m.session) {
 			ctx.Request(l.sys.Registry, &actors.MeshUpdate{Link: m.session, Updates: m.updates})
 		}
+	case *actors.RegistryRestarted:
+		if l.sess != nil {
+			l.sessionDown(ctx, errRegistryLost)
+		}
 	case *actors.MeshUpdateApplied:
+		if l.current(m.Link) && m.Unknown {
+			// The registry has lost this session (it recovered from a
+			// fault) and would ignore everything it announces.
+			l.sessionDown(ctx, errRegistryLost)
+			return
+		}
 		if l.current(m.Link) {
 			l.state.Keys = m.Keys
 			l.state.KeysRefused += int64(m.Refused)
@@ -225,6 +235,9 @@ func (l *link) Receive(ctx actor.Context) {
 		l.stop(ctx)
 	}
 }
+
+// errRegistryLost ends a session the registry no longer knows.
+var errRegistryLost = errors.New("the registry lost this session after a fault; reconnecting")
 
 func (l *link) current(session uint64) bool { return l.sess != nil && l.sess.id == session }
 
@@ -279,7 +292,7 @@ func (l *link) dialed(ctx actor.Context, out dialOutcome) {
 		l.state.Keys, l.state.RTT = 0, 0
 		// The registry learns of the session before any of its updates:
 		// both go from this mailbox, in order.
-		ctx.Send(l.sys.Registry, &actors.MeshLinkUp{Link: s.id, Peer: l.t.Name, PeerKey: out.pc.serverKey, Forward: s.out})
+		ctx.Send(l.sys.Registry, &actors.MeshLinkUp{Link: s.id, Peer: l.t.Name, PeerKey: out.pc.serverKey, Forward: s.out, Owner: ctx.Self()})
 		s.start()
 		l.armPing(s.id)
 		l.log.Info().Str("url", l.t.URL()).Str("dial", l.t.DialAddr()).Str("peer_key", out.pc.serverKey.String()).

@@ -27,7 +27,7 @@ func (r *Registry) linkUp(m *actors.MeshLinkUp) {
 		return
 	}
 	r.sessions[m.Link] = &session{
-		id: m.Link, peer: m.Peer, peerKey: m.PeerKey, fwd: m.Forward,
+		id: m.Link, peer: m.Peer, peerKey: m.PeerKey, fwd: m.Forward, owner: m.Owner,
 		keys: make(map[wire.NodePublic]uint64),
 	}
 }

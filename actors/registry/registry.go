@@ -57,6 +57,7 @@ type session struct {
 	peer    string
 	peerKey wire.NodePublic
 	fwd     actors.Forwarder
+	owner   *actor.PID // the link actor
 
 	// keys it announces, each with its announcement number, so that
 	// withdrawing them all when the session ends goes in a defined order.
@@ -118,6 +119,44 @@ func New(sys *actors.System, serverKey wire.NodePublic, opts ...Option) *Registr
 		o(r)
 	}
 	return r
+}
+
+// Recover implements actors.Recoverer. After a panic nothing in the
+// tables can be trusted, and every route, PeerGone and watcher update
+// depends on them, so the registry starts over: every connection it knew
+// is closed (clients reconnect and register afresh within seconds), every
+// mesh link is told to reconnect and announce again, the route table is
+// emptied and the gauges it keeps are zeroed. Connections registering
+// meanwhile are simply the first entries of the new tables.
+func (r *Registry) Recover(ctx actor.Context, reason any) {
+	for c := range r.conns {
+		if c != nil && c.PID != nil {
+			ctx.Send(c.PID, &actors.CloseConn{Reason: "the registry recovered from an internal error"})
+		}
+	}
+	for _, s := range r.sessions {
+		if s != nil && s.owner != nil {
+			ctx.Send(s.owner, &actors.RegistryRestarted{})
+		}
+	}
+	var keys []wire.NodePublic
+	r.sys.Routes.Range(func(rt *actors.Route) bool {
+		keys = append(keys, rt.Key)
+		return true
+	})
+	for _, k := range keys {
+		r.sys.Routes.Delete(k)
+	}
+	fresh := New(r.sys, r.serverKey, WithMaxSessionKeys(r.maxSessionKeys))
+	fresh.mbox = r.mbox
+	*r = *fresh
+	stats := r.sys.Stats
+	stats.ClientsLocal.Store(0)
+	stats.ClientsRemote.Store(0)
+	stats.DupClientKeys.Store(0)
+	stats.DupClientConns.Store(0)
+	stats.Watchers.Store(0)
+	r.log.Error().Int("routes_dropped", len(keys)).Msg("registry restarted with empty tables after a panic; every connection was closed")
 }
 
 // Props returns the props that spawn r.

@@ -84,6 +84,7 @@ var metricHelp = map[string]string{
 	"derpd_actors":                   "Actors running, by kind.",
 	"derpd_actor_mailbox_depth":      "Messages waiting in the mailboxes of the actors of a kind.",
 	"derpd_actor_messages_processed": "Messages processed by the actors of a kind.",
+	"derpd_actor_panics":             "Panics caught in the actors of a kind; each is logged as an error with its stack, and the actor recovers to a known state or stops.",
 
 	// STUN and bootstrap DNS.
 	"stun_requests":                            "STUN datagrams, by what became of them.",
