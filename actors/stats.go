@@ -100,6 +100,10 @@ type Stats struct {
 	ForwarderDeleteOther  atomic.Int64
 	MeshKeysRefused       atomic.Int64 // announcements beyond a session's key limit
 	MeshKeyMismatch       atomic.Int64 // clients that presented a mesh key other than ours
+	// UnknownSourcesIgnored counts forwarded packets whose source the
+	// region did not know and that were not recorded for PeerGone,
+	// because too many such sources were already on probation.
+	UnknownSourcesIgnored atomic.Int64
 
 	FlowsTracked atomic.Int64 // set by the flows actor
 	FlowsEvicted atomic.Int64 // forgotten to stay within -flows-max
@@ -326,6 +330,7 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Counter("derp_multiforwarder_deleted", s.MultiForwarderDeleted.Load())
 	p.Counter("derp_packet_forwarder_delete_other_value", s.ForwarderDeleteOther.Load())
 	p.Counter("derpd_mesh_keys_refused", s.MeshKeysRefused.Load())
+	p.Counter("derpd_mesh_unknown_sources_ignored", s.UnknownSourcesIgnored.Load())
 	p.Counter("derpd_mesh_key_mismatch", s.MeshKeyMismatch.Load())
 	p.Gauge("derpd_flows_tracked", s.FlowsTracked.Load())
 	p.Counter("derpd_flows_evicted", s.FlowsEvicted.Load())

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -120,5 +121,46 @@ func TestServeClientActorPanicClosesTheConnection(t *testing.T) {
 	}
 	if n := s.sys.Stats.CurrentConns.Load(); n != 0 {
 		t.Fatalf("current connections %d after both closed", n)
+	}
+}
+
+// deliveredCounter stands in for the registry and counts Delivered.
+type deliveredCounter struct{ n int }
+
+func (d *deliveredCounter) Receive(ctx actor.Context) {
+	if _, ok := ctx.Message().(*actors.Delivered); ok {
+		d.n++
+	}
+}
+
+// TestOutboxForgetsSourcesAtItsBound: the sources an outbox remembers
+// having reported are bounded; past the bound it starts over and reports
+// them again rather than grow with every made-up source a mesh peer
+// forwards.
+func TestOutboxForgetsSourcesAtItsBound(t *testing.T) {
+	sys, d, _ := actors.NewSteppedSystem(time.Unix(0, 0))
+	reg := &deliveredCounter{}
+	props, _ := sys.Props(actors.ActorRegistry, func() actor.Actor { return reg })
+	sys.Registry = sys.Root.Spawn(props)
+	ours, theirs := net.Pipe()
+	defer ours.Close()
+	defer theirs.Close()
+	o := NewOutbox(sys, ours, OutboxConfig{})
+	o.owner = &actors.Conn{ID: 1}
+	src := func(i int) wire.NodePublic {
+		var k wire.NodePublic
+		k[0], k[1], k[31] = byte(i>>8), byte(i), 1
+		return k
+	}
+	for i := range maxSeenSources + 5 {
+		o.noteSource(src(i), true)
+	}
+	o.noteSource(src(0), true) // forgotten at the bound, so reported again
+	d.RunUntilIdle()
+	if len(o.seen) > maxSeenSources {
+		t.Fatalf("outbox remembers %d sources, bound %d", len(o.seen), maxSeenSources)
+	}
+	if reg.n != maxSeenSources+6 {
+		t.Fatalf("%d Delivered reports, want %d", reg.n, maxSeenSources+6)
 	}
 }

@@ -592,6 +592,10 @@ func (o *Outbox) writePacket(p *wire.Packet) {
 
 // noteSource tells the registry the first time this connection is sent a
 // packet from src, so that it hears PeerGone when src leaves.
+// maxSeenSources bounds the sources an outbox remembers having reported:
+// about 0.5 MiB for a receiver hearing from that many.
+const maxSeenSources = 8192
+
 func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 	if o.haveLast && src == o.lastSrc {
 		return
@@ -600,7 +604,12 @@ func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 	if _, ok := o.seen[src]; ok {
 		return
 	}
-	if o.seen == nil {
+	if o.seen == nil || len(o.seen) >= maxSeenSources {
+		// Start over rather than grow without bound: a mesh peer can
+		// forward packets from any number of made-up sources, which
+		// never leave and so never get the PeerGone that prunes them.
+		// Sources heard again are reported again, which the registry
+		// takes as it took the first report.
 		o.seen = make(map[wire.NodePublic]struct{})
 	}
 	o.seen[src] = struct{}{}

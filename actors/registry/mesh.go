@@ -73,6 +73,7 @@ func (r *Registry) announce(s *session, k wire.NodePublic) bool {
 	}
 	s.seq++
 	s.keys[k] = s.seq
+	r.known(k)
 	list := append(r.forwarders[k], s)
 	r.forwarders[k] = list
 	switch len(list) {

@@ -10,6 +10,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
@@ -46,6 +47,16 @@ type Registry struct {
 	remoteOnly int // keys with forwarders and no local connection
 
 	maxSessionKeys int
+
+	// unknownSources are sources of forwarded packets that the region did
+	// not know when the packet was delivered, with when they were first
+	// seen. Their announcement may simply be behind the packet (it comes
+	// over another connection); if a sweep still finds one unknown, its
+	// recipients forget it: nothing will ever say it left, and a mesh
+	// peer could otherwise grow the tables with made-up sources for as
+	// long as the receivers stay.
+	unknownSources map[wire.NodePublic]time.Time
+	sweepArmed     bool
 
 	mbox *actors.MailboxStats // its own mailbox's counts
 }
@@ -114,6 +125,7 @@ func New(sys *actors.System, serverKey wire.NodePublic, opts ...Option) *Registr
 		sessions:       make(map[uint64]*session),
 		forwarders:     make(map[wire.NodePublic][]*session),
 		maxSessionKeys: DefaultMaxSessionKeys,
+		unknownSources: make(map[wire.NodePublic]time.Time),
 	}
 	for _, o := range opts {
 		o(r)
@@ -212,6 +224,8 @@ func (r *Registry) Receive(ctx actor.Context) {
 		ctx.Respond(r.connList())
 	case *actors.GetPeer:
 		ctx.Respond(r.peer(m.Key))
+	case *sweepUnknownSources:
+		r.sweepUnknown(ctx)
 	case *actors.CheckConsistency:
 		ctx.Respond(&actors.ConsistencyReport{Problems: r.check()})
 	}
@@ -229,6 +243,7 @@ func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
 	if ks == nil {
 		ks = &keyState{}
 		r.keys[c.Key] = ks
+		r.known(c.Key)
 		if len(r.forwarders[c.Key]) > 0 {
 			// Known through the mesh until now; local from here on.
 			r.setRemoteOnly(r.remoteOnly - 1)
@@ -393,6 +408,16 @@ func (r *Registry) delivered(ctx actor.Context, m *actors.Delivered) {
 		ctx.Send(m.Receiver.PID, &actors.SendPeerGone{Peer: m.Source, Reason: wire.PeerGoneDisconnected})
 		return
 	}
+	if m.Forwarded && !r.inRegion(m.Source) {
+		if _, ok := r.unknownSources[m.Source]; !ok {
+			if len(r.unknownSources) >= maxUnknownSources {
+				r.sys.Stats.UnknownSourcesIgnored.Add(1)
+				return
+			}
+			r.unknownSources[m.Source] = r.sys.Clock.Now()
+			r.armSweep(ctx)
+		}
+	}
 	set := r.recipients[m.Source]
 	if set == nil {
 		set = make(map[*actors.Conn]struct{})
@@ -403,6 +428,63 @@ func (r *Registry) delivered(ctx actor.Context, m *actors.Delivered) {
 		cs.heardFrom = make(map[wire.NodePublic]struct{})
 	}
 	cs.heardFrom[m.Source] = struct{}{}
+}
+
+// Unknown forwarded sources are forgotten once unknown for
+// unknownSourceProbation; at most maxUnknownSources are on probation at
+// once (more are not recorded, and counted).
+const (
+	unknownSourceProbation = 30 * time.Second
+	maxUnknownSources      = 65536
+)
+
+type sweepUnknownSources struct{}
+
+func (r *Registry) inRegion(k wire.NodePublic) bool {
+	_, here := r.keys[k]
+	return here || len(r.forwarders[k]) > 0
+}
+
+// known ends a key's probation: from here on its departure is what prunes
+// its recipients.
+func (r *Registry) known(k wire.NodePublic) {
+	if len(r.unknownSources) > 0 {
+		delete(r.unknownSources, k)
+	}
+}
+
+func (r *Registry) armSweep(ctx actor.Context) {
+	if r.sweepArmed {
+		return
+	}
+	r.sweepArmed = true
+	self, sys := ctx.Self(), r.sys
+	sys.Clock.AfterFunc(unknownSourceProbation, func() { sys.Send(self, &sweepUnknownSources{}) })
+}
+
+// sweepUnknown forgets the sources whose probation is over and that the
+// region still does not know, without PeerGone: none was ever due.
+func (r *Registry) sweepUnknown(ctx actor.Context) {
+	r.sweepArmed = false
+	cutoff := r.sys.Clock.Now().Add(-unknownSourceProbation)
+	for src, since := range r.unknownSources {
+		if since.After(cutoff) {
+			continue
+		}
+		delete(r.unknownSources, src)
+		if r.inRegion(src) {
+			continue
+		}
+		for c := range r.recipients[src] {
+			if cs := r.conns[c]; cs != nil {
+				delete(cs.heardFrom, src)
+			}
+		}
+		delete(r.recipients, src)
+	}
+	if len(r.unknownSources) > 0 {
+		r.armSweep(ctx)
+	}
 }
 
 func (r *Registry) watch(ctx actor.Context, c *actors.Conn) {
