@@ -24,9 +24,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/acme"
@@ -60,34 +63,74 @@ func newCertSource(o *options, log zerolog.Logger) (certSource, error) {
 	case "manual":
 		return newManualCerts(o.certDir, o.hostname, log)
 	case "letsencrypt", "gcp":
-		if _, err := netip.ParseAddr(o.hostname); err == nil {
-			// Clients send no SNI to an IP address, and ACME here only
-			// issues for names: every handshake would fail.
-			return nil, errors.New("-hostname is an IP address; use -certmode=manual for a self-signed certificate (-acme-ip-certs is not supported)")
+		_, err := netip.ParseAddr(o.hostname)
+		ipHostname := err == nil
+		if ipHostname && !o.acmeIPCerts {
+			// Clients send no SNI to an IP address, and a certificate
+			// for a name would never match: every handshake would fail.
+			return nil, errors.New("-hostname is an IP address: use -acme-ip-certs for ACME certificates for the server's IP addresses, or -certmode=manual for a self-signed certificate")
+		}
+		if o.acmeIPCerts && o.certMode != "letsencrypt" {
+			return nil, errors.New("-acme-ip-certs needs -certmode=letsencrypt")
 		}
 		if err := os.MkdirAll(o.certDir, 0o700); err != nil {
 			return nil, fmt.Errorf("-certdir: %w", err)
 		}
-		m := &autocert.Manager{
-			Prompt:     autocert.AcceptTOS,
-			HostPolicy: acmeHostPolicy(o.hostname),
-			Cache:      autocert.DirCache(o.certDir),
-			Email:      o.acmeEmail,
-		}
-		if o.certMode == "gcp" {
-			if o.acmeEmail == "" || o.acmeEABKid == "" || o.acmeEABKey == "" {
-				return nil, errors.New("-certmode=gcp needs -acme-email, -acme-eab-kid and -acme-eab-key")
+		var names *acmeCerts // nil on an IP-only server
+		if !ipHostname {
+			if names, err = newACMECerts(o, log); err != nil {
+				return nil, err
 			}
-			key, err := decodeEABKey(o.acmeEABKey)
-			if err != nil {
-				return nil, fmt.Errorf("-acme-eab-key: %w", err)
-			}
-			m.Client = &acme.Client{DirectoryURL: gcpDirectory}
-			m.ExternalAccountBinding = &acme.ExternalAccountBinding{KID: o.acmeEABKid, Key: key}
 		}
-		return acmeCerts{m}, nil
+		if !o.acmeIPCerts {
+			return names, nil
+		}
+		ips, err := newIPCerts(o.certDir, o.acmeEmail, o.acmeDirectory(), names, actors.RealClock, log)
+		if err != nil {
+			return nil, err
+		}
+		return ips, nil
 	}
 	return nil, fmt.Errorf("-certmode: unknown mode %q", o.certMode)
+}
+
+// newACMECerts is the autocert manager for -hostname, a DNS name.
+//
+// Its renewal is autocert's own: with RenewBefore left at zero, a
+// certificate is renewed when a third of its lifetime remains (at most 30
+// days before it expires), less up to a tenth of that as jitter. That is
+// the rule derpd's IP certificates follow too (renewalTime), and it suits
+// every lifetime: 90-day certificates renew 30 days early, Let's Encrypt's
+// 6-day "shortlived" ones 2 days early. A fixed RenewBefore longer than
+// the lifetime would instead renew on every timer, in a loop.
+func newACMECerts(o *options, log zerolog.Logger) (*acmeCerts, error) {
+	m := &autocert.Manager{
+		Prompt:     autocert.AcceptTOS,
+		HostPolicy: acmeHostPolicy(o.hostname),
+		Cache:      autocert.DirCache(o.certDir),
+		Email:      o.acmeEmail,
+		Client:     &acme.Client{DirectoryURL: o.acmeDirectory()},
+	}
+	if o.certMode == "gcp" {
+		if o.acmeEmail == "" || o.acmeEABKid == "" || o.acmeEABKey == "" {
+			return nil, errors.New("-certmode=gcp needs -acme-email, -acme-eab-kid and -acme-eab-key")
+		}
+		key, err := decodeEABKey(o.acmeEABKey)
+		if err != nil {
+			return nil, fmt.Errorf("-acme-eab-key: %w", err)
+		}
+		m.ExternalAccountBinding = &acme.ExternalAccountBinding{KID: o.acmeEABKid, Key: key}
+	}
+	log = log.With().Str("component", "acme").Logger()
+	log.Info().Str("hostname", o.hostname).Str("directory", m.Client.DirectoryURL).
+		Msg("ACME certificates for the hostname: obtained on the first handshake, renewed when a third of their lifetime remains")
+	return &acmeCerts{
+		m:   m,
+		log: log,
+		// One line a minute is enough to say the certificate expired;
+		// every handshake fails until a renewal succeeds.
+		expiredLog: log.Sample(&zerolog.BurstSampler{Burst: 1, Period: time.Minute}),
+	}, nil
 }
 
 // acmeHostPolicy allows exactly the configured host, and for upstream's
@@ -113,17 +156,113 @@ func decodeEABKey(s string) ([]byte, error) {
 	return nil, errors.New("not base64url or standard base64")
 }
 
-// acmeCerts are obtained and renewed by autocert (Let's Encrypt or GCP),
-// cached in -certdir. Renewal happens in the background, so nothing needs
-// reloading.
-type acmeCerts struct{ m *autocert.Manager }
+// acmeCerts are obtained and renewed by autocert (Let's Encrypt, GCP or
+// the CA of -acme-directory-url), cached in -certdir in the layout
+// upstream derper uses, so either reads the other's cache. Renewal
+// happens in the background, so nothing needs reloading.
+type acmeCerts struct {
+	m          *autocert.Manager
+	clock      actors.Clock // nil: the wall clock
+	log        zerolog.Logger
+	expiredLog zerolog.Logger
 
-func (a acmeCerts) GetCertificate(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return a.m.GetCertificate(hi)
+	// serving is the serial of the certificate last served, so that a
+	// renewed one is logged once, when it is first served, rather than
+	// on every handshake.
+	serving atomic.Pointer[big.Int]
 }
-func (a acmeCerts) NextProtos() []string                           { return []string{acme.ALPNProto} }
-func (a acmeCerts) HTTPHandler(fallback http.Handler) http.Handler { return a.m.HTTPHandler(fallback) }
-func (a acmeCerts) Reload() error                                  { return errNothingToReload }
+
+func (a *acmeCerts) GetCertificate(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c, err := a.m.GetCertificate(hi)
+	if err != nil {
+		return nil, err
+	}
+	if isALPNChallenge(hi) {
+		a.log.Info().Str("name", hi.ServerName).Str("from", remoteOf(hi)).Msg("answering an ACME tls-alpn-01 challenge")
+		return c, nil
+	}
+	leaf := c.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return nil, err
+		}
+	}
+	// autocert keeps serving what it holds while a renewal fails; past
+	// its expiry that certificate helps no client and hides the cause,
+	// so the handshake fails here, with a line saying why.
+	now := time.Now()
+	if a.clock != nil {
+		now = a.clock.Now()
+	}
+	if !now.Before(leaf.NotAfter) {
+		a.expiredLog.Error().Str("name", hi.ServerName).Time("not_after", leaf.NotAfter).
+			Msg("the ACME certificate has expired and no renewal has succeeded yet; refusing handshakes until one does")
+		return nil, fmt.Errorf("certificate for %s expired at %v", hi.ServerName, leaf.NotAfter)
+	}
+	if old := a.serving.Load(); old == nil || old.Cmp(leaf.SerialNumber) != 0 {
+		if a.serving.CompareAndSwap(old, leaf.SerialNumber) {
+			a.log.Info().Str("name", hi.ServerName).Str("serial", leaf.SerialNumber.Text(16)).
+				Time("not_before", leaf.NotBefore).Time("not_after", leaf.NotAfter).Str("issuer", leaf.Issuer.CommonName).
+				Msg("serving an ACME certificate")
+		}
+	}
+	return c, nil
+}
+
+func (a *acmeCerts) NextProtos() []string { return []string{acme.ALPNProto} }
+func (a *acmeCerts) HTTPHandler(fallback http.Handler) http.Handler {
+	return logChallenges(a.m.HTTPHandler(fallback), a.log)
+}
+func (a *acmeCerts) Reload() error { return errNothingToReload }
+
+// isALPNChallenge reports whether a ClientHello is a CA's TLS-ALPN-01
+// validation (RFC 8737), which offers acme-tls/1 and nothing else.
+func isALPNChallenge(hi *tls.ClientHelloInfo) bool {
+	return len(hi.SupportedProtos) == 1 && hi.SupportedProtos[0] == acme.ALPNProto
+}
+
+func remoteOf(hi *tls.ClientHelloInfo) string {
+	if hi.Conn == nil {
+		return ""
+	}
+	return hi.Conn.RemoteAddr().String()
+}
+
+// logChallenges logs every ACME HTTP-01 request h answers on the port-80
+// listener and how: an operator whose certificate never arrives learns
+// whether the CA reached the server at all. They are rare (one per
+// issuance or renewal, a few more from a CA that validates from several
+// places), so each gets a line, sampled only against a flood.
+func logChallenges(h http.Handler, log zerolog.Logger) http.Handler {
+	sampled := log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Minute})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, acmeChallengePrefix) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		ev := sampled.Info()
+		if sw.status != http.StatusOK {
+			ev = sampled.Warn()
+		}
+		ev.Str("host", r.Host).Str("path", r.URL.Path).Str("from", r.RemoteAddr).Int("status", sw.status).
+			Msg("answering an ACME http-01 challenge")
+	})
+}
+
+// acmeChallengePrefix is where RFC 8555 §8.3 puts HTTP-01 responses.
+const acmeChallengePrefix = "/.well-known/acme-challenge/"
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
 
 // manualCerts serves <certdir>/<hostname>.crt and .key. The files are
 // re-read when they change (checked at most every manualRecheck, and at
@@ -240,21 +379,32 @@ func (m *manualCerts) logDERPMapNode() {
 	der := m.cert.Certificate[0]
 	m.mu.Unlock()
 	sum := sha256.Sum256(der)
+	logDERPMapNode(m.log, m.hostname, "sha256-raw:"+hex.EncodeToString(sum[:]),
+		"this server uses a self-signed IP certificate; add this node (with your region and DERPPort) to your DERP map")
+}
+
+// logDERPMapNode prints, to the log and plainly on stderr, the DERP map
+// node of a server reached by IP address: HostName and IPv4 or IPv6 are
+// the address, and certName (empty for a certificate a CA signed) is what
+// clients pin.
+func logDERPMapNode(log zerolog.Logger, hostname, certName, msg string) {
 	node := map[string]any{
 		"Name":     "900a",
 		"RegionID": 900,
-		"HostName": m.hostname,
-		"CertName": "sha256-raw:" + hex.EncodeToString(sum[:]),
+		"HostName": hostname,
 	}
-	if ip, err := netip.ParseAddr(m.hostname); err == nil {
+	if certName != "" {
+		node["CertName"] = certName
+	}
+	if ip, err := netip.ParseAddr(hostname); err == nil {
 		if ip.Is4() {
-			node["IPv4"] = m.hostname
+			node["IPv4"] = hostname
 		} else {
-			node["IPv6"] = m.hostname
+			node["IPv6"] = hostname
 		}
 	}
 	js, _ := json.Marshal(node)
-	m.log.Info().RawJSON("derp_map_node", js).Msg("this server uses a self-signed IP certificate; add this node (with your region and DERPPort) to your DERP map")
+	log.Info().RawJSON("derp_map_node", js).Msg(msg)
 	fmt.Fprintf(os.Stderr, "DERP map node: %s\n", js)
 }
 

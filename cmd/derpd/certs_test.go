@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/wire"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/acme"
 )
 
 func TestMetaCertCarriesKeyAndVersion(t *testing.T) {
@@ -165,9 +167,132 @@ func TestTLSConfigAppendsMetaCertAndRefusesHTTP2(t *testing.T) {
 func TestACMERefusesAnIPHostname(t *testing.T) {
 	for _, mode := range []string{"letsencrypt", "gcp"} {
 		o := &options{certMode: mode, hostname: "192.0.2.7", certDir: t.TempDir()}
-		if _, err := newCertSource(o, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "IP address") {
-			t.Errorf("-certmode=%s with an IP -hostname: %v, want a refusal that says why", mode, err)
+		if _, err := newCertSource(o, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "IP address") || !strings.Contains(err.Error(), "-acme-ip-certs") {
+			t.Errorf("-certmode=%s with an IP -hostname: %v, want a refusal that says why and what to use", mode, err)
 		}
+	}
+}
+
+// certSourceFor builds the certificate source of a command line.
+func certSourceFor(t *testing.T, args ...string) certSource {
+	t.Helper()
+	o, err := parseFlags(append([]string{"-certdir", t.TempDir()}, args...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.checkSupported(); err != nil {
+		t.Fatal(err)
+	}
+	src, err := newCertSource(o, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+func TestACMEDirectoryFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-hostname", "derp.example.com"}, "https://acme-v02.api.letsencrypt.org/directory"},
+		{[]string{"-hostname", "derp.example.com", "-acme-directory-url", "https://ca.internal:9000/acme/derp/directory"}, "https://ca.internal:9000/acme/derp/directory"},
+		{[]string{"-hostname", "derp.example.com", "-certmode", "gcp", "-acme-email", "a@example.com", "-acme-eab-kid", "k", "-acme-eab-key", "aGVsbG8"}, gcpDirectory},
+		{[]string{"-hostname", "derp.example.com", "-certmode", "gcp", "-acme-email", "a@example.com", "-acme-eab-kid", "k", "-acme-eab-key", "aGVsbG8", "-acme-directory-url", "https://ca.internal/dir"}, "https://ca.internal/dir"},
+	} {
+		a := certSourceFor(t, c.args...).(*acmeCerts)
+		if got := a.m.Client.DirectoryURL; got != c.want {
+			t.Errorf("%q: directory %s, want %s", c.args, got, c.want)
+		}
+		// Zero keeps autocert's rule, a third of the lifetime; a fixed
+		// value beyond a certificate's lifetime would renew it in a loop.
+		if a.m.RenewBefore != 0 {
+			t.Errorf("%q: RenewBefore %v, want autocert's lifetime-based default", c.args, a.m.RenewBefore)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"-certmode", "manual", "-acme-directory-url", "https://ca.internal/dir"}, "-acme-directory-url"},
+		{[]string{"-acme-directory-url", "http://ca.internal/dir"}, "-acme-directory-url"},
+		{[]string{"-acme-directory-url", "ca.internal/dir"}, "-acme-directory-url"},
+		{[]string{"-certmode", "manual", "-acme-ip-certs"}, "-acme-ip-certs"},
+	} {
+		expectRefused(t, c.args, c.flag)
+	}
+}
+
+func TestACMEIPCertsSources(t *testing.T) {
+	// An IP -hostname: an IP-only server.
+	ips := certSourceFor(t, "-hostname", "192.0.2.7", "-acme-ip-certs").(*ipCerts)
+	if ips.names != nil || ips.NextProtos() != nil {
+		t.Fatal("an IP-only server has a hostname manager")
+	}
+	if _, err := os.Stat(filepath.Join(ips.dir, ipAccountKeyFile)); err != nil {
+		t.Fatalf("account key: %v", err)
+	}
+	// A DNS -hostname: both.
+	both := certSourceFor(t, "-hostname", "derp.example.com", "-acme-ip-certs", "-acme-directory-url", "https://ca.internal/dir").(*ipCerts)
+	if both.names == nil || both.names.m.Client.DirectoryURL != "https://ca.internal/dir" || both.client.DirectoryURL != "https://ca.internal/dir" {
+		t.Fatal("a DNS hostname with -acme-ip-certs: want both managers on the flag's directory")
+	}
+	// The account key survives a restart.
+	again, err := newIPCerts(ips.dir, "", "https://ca.internal/dir", nil, actors.RealClock, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.client.Key.(*ecdsa.PrivateKey).Equal(ips.client.Key) {
+		t.Fatal("a restart made a new ACME account key")
+	}
+}
+
+// TestACMECertsNeverServeExpired puts a certificate in autocert's cache
+// the way autocert stores one, then serves it before and after expiry.
+func TestACMECertsNeverServeExpired(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(0x5eed), Subject: pkix.Name{CommonName: "derp.example.com"},
+		DNSNames: []string{"derp.example.com"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalECPrivateKey(key)
+	cached := append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	if err := os.WriteFile(filepath.Join(dir, "derp.example.com"), cached, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	a, err := newACMECerts(&options{certMode: "letsencrypt", hostname: "derp.example.com", certDir: dir, acmeDirectoryURL: "https://ca.invalid/dir"}, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := actors.NewFakeClock(now)
+	a.clock = clock
+	hi := &tls.ClientHelloInfo{ServerName: "derp.example.com", CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}
+	for range 2 {
+		if c, err := a.GetCertificate(hi); err != nil || c.Leaf.SerialNumber.Int64() != 0x5eed {
+			t.Fatalf("before expiry: %v", err)
+		}
+	}
+	if n := strings.Count(logs.String(), "serving an ACME certificate"); n != 1 {
+		t.Fatalf("the certificate served was logged %d times, want once:\n%s", n, logs.String())
+	}
+	clock.Advance(time.Hour + time.Second)
+	if c, err := a.GetCertificate(hi); err == nil {
+		t.Fatalf("served serial %v after its expiry", c.Leaf.SerialNumber)
+	}
+	if !strings.Contains(logs.String(), "has expired") {
+		t.Fatalf("the refusal was not logged:\n%s", logs.String())
+	}
+	// A CA's tls-alpn-01 validation gets autocert's answer, logged (here
+	// autocert has no token for the name, so it is refused).
+	if _, err := a.GetCertificate(&tls.ClientHelloInfo{ServerName: "derp.example.com", SupportedProtos: []string{acme.ALPNProto}}); err == nil {
+		t.Fatal("a tls-alpn-01 handshake with no challenge pending was answered")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/derpd/derpd/actors/registry"
 	"github.com/derpd/derpd/actors/rejects"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/acme"
 )
 
 // options are derpd's command line: upstream derper's flags with the same
@@ -65,6 +67,9 @@ type options struct {
 	meshDNSResolver string
 	meshMaxPeerKeys int
 
+	// derpd's own: the ACME CA's directory (see acmeDirectory).
+	acmeDirectoryURL string
+
 	// derpd's own: the debug pages' listener and who may see them
 	// (debuglisten.go).
 	debugAddr  string
@@ -92,13 +97,13 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.configPath, "c", "", "config file holding the server's private key; created on first start (default /var/lib/derper/derper.key when run as root)")
 	fs.BoolVar(&o.dev, "dev", false, "development mode: plain HTTP on :3340, a fresh in-memory key, mesh key only from $TAILSCALE_DERPER_MESH_KEY")
 	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
-	fs.StringVar(&o.hostname, "hostname", "derp.tailscale.com", "TLS host name for the certificate; may be an IP address with -certmode=manual")
+	fs.StringVar(&o.hostname, "hostname", "derp.tailscale.com", "TLS host name for the certificate; may be an IP address with -certmode=manual (a self-signed certificate) or with -acme-ip-certs (an IP-only server)")
 	fs.StringVar(&o.certMode, "certmode", "letsencrypt", "where the TLS certificate comes from: letsencrypt, gcp or manual")
 	fs.StringVar(&o.certDir, "certdir", defaultCertDir(), "directory of the ACME certificate cache, or of <hostname>.crt and <hostname>.key with -certmode=manual")
 	fs.StringVar(&o.acmeEmail, "acme-email", "", "contact e-mail for the ACME account (required for gcp)")
 	fs.StringVar(&o.acmeEABKid, "acme-eab-kid", "", "ACME External Account Binding key id (gcp)")
 	fs.StringVar(&o.acmeEABKey, "acme-eab-key", "", "ACME External Account Binding HMAC key, base64url or standard base64 (gcp)")
-	fs.BoolVar(&o.acmeIPCerts, "acme-ip-certs", false, "obtain short-lived Let's Encrypt certificates for the server's own IP addresses")
+	fs.BoolVar(&o.acmeIPCerts, "acme-ip-certs", false, "with -certmode=letsencrypt, also serve ACME certificates for the server's own IP addresses: a client that connects by IP (no SNI, or an IP SNI equal to the connection's local address) gets a short-lived certificate for that address, obtained on first use with HTTP-01 on -http-port, cached in -certdir and renewed")
 	fs.StringVar(&o.home, "home", "", "what / serves: empty for the default page, \"blank\" for an empty page, or an http(s) URL to redirect to")
 	fs.StringVar(&o.meshPSKFile, "mesh-psk-file", defaultMeshPSKFile(), "file holding the region's mesh pre-shared key, 64 hex digits")
 	fs.StringVar(&o.meshWith, "mesh-with", "", "comma-separated host[/dialhost] list of region peers to mesh with")
@@ -119,6 +124,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.tcpWriteTimeout, "tcp-write-timeout", 2*time.Second, "how long a write to a client may block before the client is disconnected as stalled (mesh peers get 30s); 0 disables it")
 	fs.BoolVar(&o.ace, "ace", false, "enable the experimental CONNECT proxy")
 
+	fs.StringVar(&o.acmeDirectoryURL, "acme-directory-url", acme.LetsEncryptURL, "ACME directory of the CA that issues -certmode=letsencrypt certificates (a private CA such as step-ca, or Let's Encrypt's staging directory); with -certmode=gcp the default is Google's directory")
 	fs.StringVar(&o.meshDNS, "mesh-dns", "", "[TLSNAME[:port]/]NAME or NAME[:port]: mesh with every address NAME resolves to (a Kubernetes headless service, a DNS round-robin name), each verified for TLSNAME (NAME if not given), re-resolved every -mesh-dns-interval; our own addresses are recognised by key")
 	fs.DurationVar(&o.meshDNSInterval, "mesh-dns-interval", mesh.DefaultDNSInterval, "how often -mesh-dns looks its name up again")
 	fs.StringVar(&o.meshDNSResolver, "mesh-dns-resolver", "", "host:port of the DNS server -mesh-dns asks; empty means the system's resolver")
@@ -156,6 +162,16 @@ func parseFlags(args []string) (*options, error) {
 	return o, nil
 }
 
+// acmeDirectory is the directory URL the ACME client uses: the flag's,
+// except that -certmode=gcp keeps Google's directory unless the flag was
+// given.
+func (o *options) acmeDirectory() string {
+	if o.certMode == "gcp" && !o.set["acme-directory-url"] {
+		return gcpDirectory
+	}
+	return o.acmeDirectoryURL
+}
+
 // serveTLS reports whether the main listener speaks TLS: on port 443, or
 // whenever certificates are configured by hand.
 func (o *options) serveTLS() bool {
@@ -182,8 +198,18 @@ func (o *options) checkSupported() error {
 	default:
 		problems = append(problems, fmt.Sprintf("-certmode: unknown mode %q (want letsencrypt, gcp or manual)", o.certMode))
 	}
-	if o.acmeIPCerts {
-		add("acme-ip-certs", "ACME IP certificates")
+	if o.acmeIPCerts && o.certMode != "letsencrypt" {
+		// As upstream: Google's CA issues no IP certificates, and manual
+		// mode obtains nothing.
+		problems = append(problems, "-acme-ip-certs needs -certmode=letsencrypt")
+	}
+	if o.set["acme-directory-url"] {
+		if o.certMode == "manual" {
+			problems = append(problems, "-acme-directory-url has no effect with -certmode=manual")
+		}
+		if u, err := url.Parse(o.acmeDirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			problems = append(problems, fmt.Sprintf("-acme-directory-url %q: want an https:// URL", o.acmeDirectoryURL))
+		}
 	}
 	if _, err := mesh.ParseMeshWith(o.meshWith); err != nil {
 		problems = append(problems, err.Error())

@@ -98,7 +98,7 @@ func TestAcceptLimitClosesExcessAndKeepsServing(t *testing.T) {
 }
 
 func TestACMEHTTPChallengesOnPort80(t *testing.T) {
-	src := acmeCerts{&autocert.Manager{Prompt: autocert.AcceptTOS, HostPolicy: acmeHostPolicy("derp.example.com"), Cache: autocert.DirCache(t.TempDir())}}
+	src := &acmeCerts{m: &autocert.Manager{Prompt: autocert.AcceptTOS, HostPolicy: acmeHostPolicy("derp.example.com"), Cache: autocert.DirCache(t.TempDir())}}
 	s := &server{opts: &options{hostname: "derp.example.com"}}
 	h := src.HTTPHandler(s.port80Handler(http.NotFoundHandler()))
 	req := httptest.NewRequest("GET", "/.well-known/acme-challenge/token", nil)
