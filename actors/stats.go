@@ -104,6 +104,9 @@ type Stats struct {
 	// region did not know and that were not recorded for PeerGone,
 	// because too many such sources were already on probation.
 	UnknownSourcesIgnored atomic.Int64
+	// DupFightClaims counts claims of the receiving role made while
+	// fighting another connection with the same key (not waited for).
+	DupFightClaims atomic.Int64
 
 	FlowsTracked atomic.Int64 // set by the flows actor
 	FlowsEvicted atomic.Int64 // forgotten to stay within -flows-max
@@ -331,6 +334,7 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Counter("derp_packet_forwarder_delete_other_value", s.ForwarderDeleteOther.Load())
 	p.Counter("derpd_mesh_keys_refused", s.MeshKeysRefused.Load())
 	p.Counter("derpd_mesh_unknown_sources_ignored", s.UnknownSourcesIgnored.Load())
+	p.Counter("derpd_dup_client_fight_claims", s.DupFightClaims.Load())
 	p.Counter("derpd_mesh_key_mismatch", s.MeshKeyMismatch.Load())
 	p.Gauge("derpd_flows_tracked", s.FlowsTracked.Load())
 	p.Counter("derpd_flows_evicted", s.FlowsEvicted.Load())

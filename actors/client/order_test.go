@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,5 +163,57 @@ func TestOutboxForgetsSourcesAtItsBound(t *testing.T) {
 	}
 	if reg.n != maxSeenSources+6 {
 		t.Fatalf("%d Delivered reports, want %d", reg.n, maxSeenSources+6)
+	}
+}
+
+// TestServeDuplicateKeyFightIsBounded: two connections with one key that
+// take turns sending would each turn every frame into a blocking
+// registry round trip. A connection claims the receiving role at once the
+// first time, then at most once per dupClaimInterval while fighting, and
+// without waiting.
+func TestServeDuplicateKeyFightIsBounded(t *testing.T) {
+	var activity atomic.Int64
+	countActivity := func(next actor.ReceiverFunc) actor.ReceiverFunc {
+		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			if _, ok := env.Message.(*actors.Activity); ok {
+				activity.Add(1)
+			}
+			next(ctx, env)
+		}
+	}
+	clock := actors.NewFakeClock(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	s := startTestServer(t, Config{}, actors.WithReceiverMiddleware(countActivity), actors.WithClock(clock))
+	a1 := s.connect(t, clientInfo)
+	a2 := s.dial(t)
+	a2.priv, a2.pub = a1.priv, a1.pub
+	a2.sendClientInfo(s.cfg.PublicKey, clientInfo)
+	if typ, _ := a2.read(); typ != wire.FrameServerInfo {
+		t.Fatalf("a2 got %v", typ)
+	}
+	s.syncRegistry(t)
+	ping := func(c *testClient) {
+		t.Helper()
+		c.frame(wire.FramePing, []byte("fight!!!"))
+		if typ, _ := c.readSkipping(); typ != wire.FramePong {
+			t.Fatal("no pong")
+		}
+	}
+	for range 50 {
+		ping(a1)
+		ping(a2)
+	}
+	s.syncRegistry(t)
+	if n := activity.Load(); n != 2 {
+		t.Fatalf("%d claims in 100 alternating frames at one instant, want 2 (the first of each)", n)
+	}
+	// A quarter second on, each may claim once more, without waiting.
+	clock.Advance(dupClaimInterval)
+	for range 10 {
+		ping(a1)
+		ping(a2)
+	}
+	s.syncRegistry(t)
+	if n, f := activity.Load(), s.sys.Stats.DupFightClaims.Load(); n != 4 || f != 2 {
+		t.Fatalf("after the interval: %d claims, %d in a fight; want 4 and 2", n, f)
 	}
 }

@@ -64,6 +64,9 @@ type reader struct {
 	now     int64              // time of the last socket read, stamped on queued packets
 	notHere *rate.Limiter      // created on first use: most clients never need it
 	greeted bool               // ServerInfo is out: frames may be handled
+	// lastClaim is when this duplicate connection last claimed the
+	// receiving role for its key (see claimReceiver).
+	lastClaim time.Time
 }
 
 func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
@@ -99,9 +102,8 @@ func (r *reader) run() error {
 		if idle {
 			r.now = time.Now().UnixNano()
 		}
-		if r.conn.NoteActivity.Load() && r.conn.NoteActivity.CompareAndSwap(true, false) {
-			r.waiter.WakeDeferred() // the registry round trip below may wait
-			r.noteActivity()
+		if r.conn.NoteActivity.Load() {
+			r.claimReceiver()
 		}
 		if t != wire.FrameSendPacket && t != wire.FrameForwardPacket {
 			r.waiter.WakeDeferred()
@@ -162,12 +164,41 @@ func (r *reader) fold() {
 	}
 }
 
-// noteActivity makes this connection, one of several for its key, the one
-// that receives. It waits for the registry to apply the switch, so that
-// everything the client sees after this frame (the pong to a ping, say)
-// already reflects it, as with upstream. Only duplicate connections ever
-// get here, and only when they change roles.
-func (r *reader) noteActivity() {
+// A duplicate connection that claims the receiving role again within
+// dupFightWindow of its last claim is fighting another for its key (two
+// devices with one key, or a client reconnecting in a loop): it claims
+// at most once per dupClaimInterval, and without waiting for the
+// registry, so a fight costs each fighter a few registry messages a
+// second and never stalls its reader.
+const (
+	dupFightWindow   = 5 * time.Second
+	dupClaimInterval = 250 * time.Millisecond
+)
+
+// claimReceiver makes this connection, one of several for its key, the
+// one that receives: the last writer is active, as with upstream. Only
+// duplicate connections get here, when another has the role. The first
+// claim waits for the registry to apply the switch, so that everything
+// the client sees after this frame (the pong to a ping, say) already
+// reflects it, as with upstream; claims in a fight do not (see
+// dupFightWindow).
+func (r *reader) claimReceiver() {
+	now := r.sys.Clock.Now()
+	since := now.Sub(r.lastClaim)
+	fighting := !r.lastClaim.IsZero() && since < dupFightWindow
+	if fighting && since < dupClaimInterval {
+		return // the flag stays up: a frame after the interval claims
+	}
+	if !r.conn.NoteActivity.CompareAndSwap(true, false) {
+		return
+	}
+	r.lastClaim = now
+	r.waiter.WakeDeferred() // the registry round trip below may wait
+	if fighting {
+		r.sys.Stats.DupFightClaims.Add(1)
+		r.sys.Send(r.sys.Registry, &actors.Activity{Conn: r.conn})
+		return
+	}
 	f := r.sys.Root.RequestFuture(r.sys.Registry, &actors.Activity{Conn: r.conn}, activityWait)
 	f.Wait() // a timeout only means the registry is overloaded; go on
 }

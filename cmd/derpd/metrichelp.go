@@ -64,6 +64,7 @@ var metricHelp = map[string]string{
 	"derp_mesh_update_loop_count":              "Batches of connection changes written per wake-up of a watcher's writer.",
 	"derpd_mesh_keys_refused":                  "Key announcements ignored for exceeding -mesh-max-peer-keys.",
 	"derpd_mesh_unknown_sources_ignored":       "Forwarded packets whose source the region did not know and that were not recorded for PeerGone, because too many unknown sources were already on probation.",
+	"derpd_dup_client_fight_claims":            "Claims of the receiving role by a connection fighting another with the same key; each is at least 250 ms after that connection's last, and not waited for.",
 	"derpd_mesh_key_mismatch":                  "Clients that presented a mesh key other than this server's.",
 	"derpd_mesh_link_up":                       "1 while the link to the peer is up, 0 otherwise (and for the entry that is this node).",
 	"derpd_mesh_link_state":                    "1 for the state the link is in (up, connecting, down, or self: the entry is this node), 0 for the others.",
