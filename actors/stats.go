@@ -107,6 +107,9 @@ type Stats struct {
 	// DupFightClaims counts claims of the receiving role made while
 	// fighting another connection with the same key (not waited for).
 	DupFightClaims atomic.Int64
+	// RateLimitWaits counts the frames a reader had to wait for under
+	// the receive rate limit (upstream's rate_limit_per_client_waited).
+	RateLimitWaits atomic.Int64
 
 	FlowsTracked atomic.Int64 // set by the flows actor
 	FlowsEvicted atomic.Int64 // forgotten to stay within -flows-max

@@ -18,6 +18,11 @@ type System struct {
 	Stats  *Stats
 	Routes *RouteTable
 
+	// RecvRate is the per-client receive rate limit in force, nil for
+	// none. Readers check it on every frame, so a new limit (SIGHUP)
+	// applies to existing connections at their next frame.
+	RecvRate atomic.Pointer[RecvRate]
+
 	// Clock is where actors read the time and set timers: RealClock
 	// unless WithClock says otherwise.
 	Clock Clock

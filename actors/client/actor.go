@@ -55,6 +55,7 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		}
 		// The reader notices and reports readerDone; cleanup happens there.
 		a.netConn.Close()
+		a.outbox.Abort()
 	case *notePreferred:
 		a.setPreferred(m.preferred)
 	case *readerDone:

@@ -64,6 +64,11 @@ type Outbox struct {
 	greeted       chan struct{}
 	greetedClosed bool
 
+	// aborted is closed when the connection is being closed by the
+	// server, so that a reader waiting (on the rate limit) stops at once.
+	aborted   chan struct{}
+	abortOnce sync.Once
+
 	ctrlMu      sync.Mutex
 	ctrl        []ctrlFrame
 	pong        [wire.PingDataLen]byte
@@ -114,6 +119,7 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 		wake:         make(chan struct{}, 1),
 		finished:     make(chan struct{}),
 		greeted:      make(chan struct{}),
+		aborted:      make(chan struct{}),
 	}
 	o.w = wire.NewWriter(timedWriter{o}, cfg.MaxWrite)
 	return o
@@ -253,6 +259,13 @@ func (o *Outbox) queueServerInfo(body []byte) {
 	o.ctrlMu.Unlock()
 	o.signal()
 }
+
+// Abort says the connection is being closed: waits end (see Aborted).
+// Safe to call more than once and from any goroutine.
+func (o *Outbox) Abort() { o.abortOnce.Do(func() { close(o.aborted) }) }
+
+// Aborted is closed by Abort.
+func (o *Outbox) Aborted() <-chan struct{} { return o.aborted }
 
 // Greeted is closed once ServerInfo has been written, or the writer has
 // ended without writing it.
@@ -696,6 +709,7 @@ func (o *Outbox) finish() {
 		}
 		o.dropQueued()
 		o.w.Release()
+		o.Abort()
 		close(o.finished)
 	})
 }

@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/derpd/derpd/actors"
@@ -67,6 +68,10 @@ type reader struct {
 	// lastClaim is when this duplicate connection last claimed the
 	// receiving role for its key (see claimReceiver).
 	lastClaim time.Time
+	// The receive rate limit (see rateLimit): the config it was built
+	// from, to notice a new one, and the bucket; nil when off.
+	rateCfg *actors.RecvRate
+	limiter *rate.Limiter
 }
 
 func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
@@ -99,6 +104,11 @@ func (r *reader) run() error {
 				return err
 			}
 		}
+		if !r.conn.CanMesh {
+			if err := r.rateLimit(n); err != nil {
+				return err
+			}
+		}
 		if idle {
 			r.now = time.Now().UnixNano()
 		}
@@ -116,6 +126,43 @@ func (r *reader) run() error {
 			// queued unwoken meanwhile.
 			r.waiter.WakeDeferred()
 		}
+	}
+}
+
+// rateLimit applies the per-client receive rate limit, upstream's
+// -rate-config: each frame costs its body length (clamped to one largest
+// frame) from a token bucket, and a reader short of tokens waits before
+// handling the frame and reading on, so TCP pushes back on the sender.
+// Nothing is dropped. Mesh peers are never limited. Off, it costs one
+// atomic load per frame.
+func (r *reader) rateLimit(n uint32) error {
+	if cfg := r.sys.RecvRate.Load(); cfg != r.rateCfg {
+		// A new limit (or none) since the last frame: start a fresh
+		// bucket, as upstream does when the config is reloaded.
+		r.rateCfg, r.limiter = cfg, nil
+		if cfg != nil {
+			r.limiter = rate.NewLimiter(rate.Limit(cfg.BytesPerSec), int(cfg.Burst))
+		}
+	}
+	if r.limiter == nil {
+		return nil
+	}
+	now := r.sys.Clock.Now()
+	delay := r.limiter.ReserveN(now, int(min(n, actors.MinRecvBurst))).DelayFrom(now)
+	if delay <= 0 {
+		return nil
+	}
+	r.sys.Stats.RateLimitWaits.Add(1)
+	r.fold()
+	r.waiter.WakeDeferred() // nothing this reader queued may wait on it
+	done := make(chan struct{})
+	t := r.sys.Clock.AfterFunc(delay, func() { close(done) })
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-r.outbox.Aborted():
+		return net.ErrClosed
 	}
 }
 

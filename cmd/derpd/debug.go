@@ -207,6 +207,7 @@ func (s *server) serveVarz(w http.ResponseWriter, r *http.Request) {
 	}
 	s.bootstrap.writePrometheus(p)
 	s.writeMeshMetrics(p)
+	s.writeRateMetrics(p)
 	s.sys.WritePrometheus(p)
 }
 

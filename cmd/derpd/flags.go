@@ -118,7 +118,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.verifyFailOpen, "verify-client-url-fail-open", true, "admit clients when the admission controller cannot be reached")
 	fs.Float64Var(&o.acceptLimit, "accept-connection-limit", math.Inf(+1), "new connections accepted per second; excess sockets are closed at once")
 	fs.IntVar(&o.acceptBurst, "accept-connection-burst", math.MaxInt, "burst of new connections allowed above -accept-connection-limit")
-	fs.StringVar(&o.rateConfig, "rate-config", "", "JSON file with per-client receive rate limits")
+	fs.StringVar(&o.rateConfig, "rate-config", "", "JSON file with per-client receive rate limits ({\"PerClientRateLimitBytesPerSec\": N, \"PerClientRateBurstBytes\": M}); reloaded on SIGHUP")
 	fs.DurationVar(&o.tcpKeepAlive, "tcp-keepalive-time", 10*time.Minute, "idle time before TCP keepalive probes start on accepted connections")
 	fs.DurationVar(&o.tcpUserTimeout, "tcp-user-timeout", 15*time.Second, "TCP_USER_TIMEOUT of accepted connections: how long unacknowledged data may linger before the kernel drops the peer")
 	fs.DurationVar(&o.tcpWriteTimeout, "tcp-write-timeout", 2*time.Second, "how long a write to a client may block before the client is disconnected as stalled (mesh peers get 30s); 0 disables it")
@@ -211,6 +211,13 @@ func (o *options) checkSupported() error {
 			problems = append(problems, fmt.Sprintf("-acme-directory-url %q: want an https:// URL", o.acmeDirectoryURL))
 		}
 	}
+	if o.rateConfig != "" {
+		// Read here too, so a bad file fails start-up before anything
+		// listens (run reads it again to apply it).
+		if _, err := loadRateConfig(o.rateConfig); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
 	if _, err := mesh.ParseMeshWith(o.meshWith); err != nil {
 		problems = append(problems, err.Error())
 	}
@@ -237,9 +244,6 @@ func (o *options) checkSupported() error {
 		// It needs a tailscaled on the same host answering LocalAPI WhoIs;
 		// -verify-client-url covers the same need without one.
 		add("verify-clients", "verifying clients against the local tailscaled (use -verify-client-url)")
-	}
-	if o.rateConfig != "" {
-		add("rate-config", "per-client rate limiting")
 	}
 	if o.ace {
 		add("ace", "the CONNECT proxy")

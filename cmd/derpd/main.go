@@ -158,6 +158,13 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		}).admit
 	}
 
+	if opts.rateConfig != "" {
+		// As upstream: a limit that cannot be read stops start-up.
+		if err := s.applyRateConfig(); err != nil {
+			return err
+		}
+	}
+
 	s.bootstrap = newBootstrapDNS(opts.bootstrapDNS, opts.unpublishedDNS, net.DefaultResolver, log)
 	go s.bootstrap.run(ctx)
 
@@ -303,6 +310,11 @@ func (s *server) reloadOnHUP(ctx context.Context, hup <-chan os.Signal) {
 		case <-ctx.Done():
 			return
 		case <-hup:
+			if s.opts.rateConfig != "" {
+				if err := s.applyRateConfig(); err != nil {
+					s.log.Error().Err(err).Msg("SIGHUP: reloading -rate-config failed; keeping the limit in force")
+				}
+			}
 			err := errNothingToReload
 			if s.certs != nil {
 				err = s.certs.Reload()

@@ -91,7 +91,7 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		{[]string{"-a", ":443", "-certmode", "gcp", "-acme-ip-certs"}, "-acme-ip-certs"},
 		{[]string{"-a", ":8080", "-secrets-url", "https://setec.example"}, "-secrets-url"},
 		{[]string{"-a", ":8080", "-ace"}, "-ace"},
-		{[]string{"-a", ":8080", "-rate-config", "/etc/rate.json"}, "-rate-config"},
+		{[]string{"-a", ":8080", "-rate-config", "/nonexistent/rate.json"}, "-rate-config"},
 		{[]string{"-a", ":8080", "-certmode", "bogus"}, "-certmode"},
 		{[]string{"-a", ":8080", "-log-format", "xml"}, "-log-format"},
 		{[]string{"-a", ":8080", "-log-level", "loud"}, "-log-level"},
