@@ -110,6 +110,9 @@ type Stats struct {
 	// RateLimitWaits counts the frames a reader had to wait for under
 	// the receive rate limit (upstream's rate_limit_per_client_waited).
 	RateLimitWaits atomic.Int64
+	// PresenceBacklogCloses counts watchers closed for letting too many
+	// connection updates pile up (see client.maxPresenceBacklog).
+	PresenceBacklogCloses atomic.Int64
 
 	FlowsTracked atomic.Int64 // set by the flows actor
 	FlowsEvicted atomic.Int64 // forgotten to stay within -flows-max
@@ -338,6 +341,7 @@ func (s *Stats) WritePrometheus(w io.Writer) {
 	p.Counter("derpd_mesh_keys_refused", s.MeshKeysRefused.Load())
 	p.Counter("derpd_mesh_unknown_sources_ignored", s.UnknownSourcesIgnored.Load())
 	p.Counter("derpd_dup_client_fight_claims", s.DupFightClaims.Load())
+	p.Counter("derpd_watcher_backlog_closes", s.PresenceBacklogCloses.Load())
 	p.Counter("derpd_mesh_key_mismatch", s.MeshKeyMismatch.Load())
 	p.Gauge("derpd_flows_tracked", s.FlowsTracked.Load())
 	p.Counter("derpd_flows_evicted", s.FlowsEvicted.Load())

@@ -208,6 +208,11 @@ func TestServeDuplicateKeyFightIsBounded(t *testing.T) {
 	}
 	// A quarter second on, each may claim once more, without waiting.
 	clock.Advance(dupClaimInterval)
+	ping(a1)
+	// a1's claim is not waited for: a2 can claim back only once the
+	// registry has applied it.
+	s.syncRegistry(t)
+	ping(a2)
 	for range 10 {
 		ping(a1)
 		ping(a2)
@@ -216,4 +221,46 @@ func TestServeDuplicateKeyFightIsBounded(t *testing.T) {
 	if n, f := activity.Load(), s.sys.Stats.DupFightClaims.Load(); n != 4 || f != 2 {
 		t.Fatalf("after the interval: %d claims, %d in a fight; want 4 and 2", n, f)
 	}
+}
+
+// TestWatcherThatStopsReadingIsClosedAtItsBacklog: updates for a watcher
+// that has stopped reading pile up in its control queue. None may be
+// dropped, so past a bound (at least twice its snapshot) the connection
+// is closed, for the peer to reconnect and start from a fresh snapshot.
+func TestWatcherThatStopsReadingIsClosedAtItsBacklog(t *testing.T) {
+	sys, _, _ := actors.NewSteppedSystem(time.Unix(0, 0))
+	ours, theirs := net.Pipe() // nobody reads theirs
+	defer theirs.Close()
+	o := NewOutbox(sys, ours, OutboxConfig{})
+	o.owner = &actors.Conn{ID: 1}
+	o.Start()
+	snapshot := make([]actors.PeerPresence, 50000)
+	for i := range snapshot {
+		snapshot[i] = actors.PeerPresence{Present: true}
+	}
+	o.QueuePresence(snapshot)
+	one := []actors.PeerPresence{{Present: false}}
+	for range 2 * maxPresenceBacklog {
+		if o.closed.Load() {
+			break
+		}
+		o.QueuePresence(one)
+	}
+	if !o.closed.Load() || sys.Stats.PresenceBacklogCloses.Load() != 1 {
+		t.Fatalf("closed %v, backlog closes %d; want the watcher closed once", o.closed.Load(), sys.Stats.PresenceBacklogCloses.Load())
+	}
+	if err := o.WriteErr(); err == nil || err.Error() != errPresenceBacklog.Error() {
+		t.Fatalf("write error %v, want %v", err, errPresenceBacklog)
+	}
+	o.ctrlMu.Lock()
+	n := len(o.ctrl)
+	o.ctrlMu.Unlock()
+	if n > 2*len(snapshot) {
+		t.Fatalf("%d updates queued, bound %d", n, 2*len(snapshot))
+	}
+	o.QueuePresence(one) // after closing: neither queued nor counted again
+	if sys.Stats.PresenceBacklogCloses.Load() != 1 {
+		t.Fatal("counted twice")
+	}
+	<-o.Finished()
 }

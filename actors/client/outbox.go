@@ -71,6 +71,7 @@ type Outbox struct {
 
 	ctrlMu      sync.Mutex
 	ctrl        []ctrlFrame
+	presenceCap int // see maxPresenceBacklog
 	pong        [wire.PingDataLen]byte
 	pongPending bool
 
@@ -221,9 +222,34 @@ func (o *Outbox) QueuePeerGone(peer wire.NodePublic, reason wire.PeerGoneReason)
 	o.queueCtrl(ctrlFrame{typ: wire.FramePeerGone, key: peer, reason: reason})
 }
 
+// maxPresenceBacklog bounds the watcher updates waiting for a mesh peer
+// that has stopped reading: every update must reach a watcher, so rather
+// than drop one, the connection is closed and the peer, reconnecting,
+// gets a fresh snapshot. The bound is at least twice the largest batch
+// (the snapshot) queued, so a big region's snapshot never trips it.
+const maxPresenceBacklog = 65536
+
+// errPresenceBacklog ends a watcher that lets updates pile up.
+var errPresenceBacklog = errors.New("watcher not reading: too many connection updates waiting")
+
 // QueuePresence asks the writer to send watcher updates, in order.
 func (o *Outbox) QueuePresence(updates []actors.PeerPresence) {
+	if o.closed.Load() {
+		return // nobody will write them
+	}
 	o.ctrlMu.Lock()
+	o.presenceCap = max(o.presenceCap, maxPresenceBacklog, 2*len(updates))
+	if len(o.ctrl)+len(updates) > o.presenceCap {
+		o.ctrlMu.Unlock()
+		if !o.closed.Load() {
+			o.sys.Stats.PresenceBacklogCloses.Add(1)
+			o.writeErr.CompareAndSwap(nil, &errPresenceBacklog)
+			o.closed.Store(true)
+			o.conn.Close()
+			o.Abort()
+		}
+		return
+	}
 	for _, u := range updates {
 		if u.Present {
 			o.ctrl = append(o.ctrl, ctrlFrame{typ: wire.FramePeerPresent, presence: true, key: u.Peer, addr: u.Addr, flags: u.Flags})

@@ -68,6 +68,7 @@ var metricHelp = map[string]string{
 	"derpd_mesh_keys_refused":                  "Key announcements ignored for exceeding -mesh-max-peer-keys.",
 	"derpd_mesh_unknown_sources_ignored":       "Forwarded packets whose source the region did not know and that were not recorded for PeerGone, because too many unknown sources were already on probation.",
 	"derpd_dup_client_fight_claims":            "Claims of the receiving role by a connection fighting another with the same key; each is at least 250 ms after that connection's last, and not waited for.",
+	"derpd_watcher_backlog_closes":             "Mesh watchers closed for letting connection updates pile up unread (at least 65,536, and twice their snapshot); they reconnect and start from a fresh snapshot.",
 	"derpd_mesh_key_mismatch":                  "Clients that presented a mesh key other than this server's.",
 	"derpd_mesh_link_up":                       "1 while the link to the peer is up, 0 otherwise (and for the entry that is this node).",
 	"derpd_mesh_link_state":                    "1 for the state the link is in (up, connecting, down, or self: the entry is this node), 0 for the others.",
