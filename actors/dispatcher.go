@@ -78,9 +78,9 @@ func (d *StepDispatcher) Pending() int {
 // NewSteppedSystem is the start of every deterministic actor test: a
 // system whose actors run only when the test steps the dispatcher, with
 // time that moves only when the test advances the clock (from start).
-func NewSteppedSystem(start time.Time) (*System, *StepDispatcher, *FakeClock) {
+func NewSteppedSystem(start time.Time, opts ...Option) (*System, *StepDispatcher, *FakeClock) {
 	d, clock := NewStepDispatcher(), NewFakeClock(start)
-	return NewSystem(zerolog.Nop(), WithDispatcher(d), WithClock(clock)), d, clock
+	return NewSystem(zerolog.Nop(), append([]Option{WithDispatcher(d), WithClock(clock)}, opts...)...), d, clock
 }
 
 // Ask sends msg to pid as a request, runs every actor until none has work,

@@ -133,6 +133,32 @@ func Spawn(sys *actors.System, cfg Config) *actor.PID {
 	return pid
 }
 
+// Recover implements actors.Recoverer: the flows start over from nothing,
+// but the connections' tallies stay known (they are the readers', and
+// sound), so counting goes on; each tally's counters are read afresh, so
+// the first rates after a recovery may run high once. The timers are
+// armed anew: the panic may have struck between a tick and its re-arming.
+func (f *Flows) Recover(ctx actor.Context, reason any) {
+	if f.collectTimer != nil {
+		f.collectTimer.Stop()
+	}
+	if f.sweepTimer != nil {
+		f.sweepTimer.Stop()
+	}
+	fresh := New(f.sys, f.cfg)
+	fresh.mbox, fresh.self = f.mbox, f.self
+	for t := range f.tallies {
+		if t != nil {
+			fresh.tallies[t] = &tallyState{known: make(map[*actors.FlowCounter]*seenCounter)}
+		}
+	}
+	*f = *fresh
+	f.armCollect()
+	f.armSweep()
+	f.publish()
+	f.log.Error().Int("tallies", len(f.tallies)).Msg("flows started over after a panic")
+}
+
 // Receive implements actor.Actor.
 func (f *Flows) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {

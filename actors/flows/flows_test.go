@@ -23,9 +23,9 @@ type harness struct {
 
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t *testing.T, cfg Config, opts ...actors.Option) *harness {
 	h := &harness{t: t}
-	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch)
+	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch, opts...)
 	h.pid = Spawn(h.sys, cfg)
 	cfg.setDefaults()
 	h.cfg = cfg

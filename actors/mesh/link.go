@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
 	"net"
@@ -238,6 +239,30 @@ func (l *link) Receive(ctx actor.Context) {
 
 // errRegistryLost ends a session the registry no longer knows.
 var errRegistryLost = errors.New("the registry lost this session after a fault; reconnecting")
+
+// Recover implements actors.Recoverer: whatever the link was doing, it
+// ends its session (the peer's keys leave the forwarder table) and
+// reconnects after its backoff, a path it knows; a dial under way is left
+// to finish, as its outcome moves the link on.
+func (l *link) Recover(ctx actor.Context, reason any) {
+	if l.state.Status == StatusSelf || l.state.Status == StatusStopped {
+		return
+	}
+	err := fmt.Errorf("the link's actor panicked: %v", reason)
+	if l.sess != nil {
+		l.sessionDown(ctx, err)
+		return
+	}
+	if l.dialing {
+		return
+	}
+	if l.retry != nil {
+		l.retry.Stop()
+	}
+	l.dialGen++ // any redial pending is stale
+	l.noteError(err)
+	l.scheduleRetry()
+}
 
 func (l *link) current(session uint64) bool { return l.sess != nil && l.sess.id == session }
 

@@ -39,9 +39,9 @@ type attempt struct {
 
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
-func newLinkHarness(t *testing.T) *linkHarness {
+func newLinkHarness(t *testing.T, opts ...actors.Option) *linkHarness {
 	h := &linkHarness{t: t}
-	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch)
+	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch, opts...)
 	priv := wire.GenerateNodePrivate()
 	registry.Spawn(h.sys, priv.Public())
 	h.cfg = &Config{PrivateKey: priv, PublicKey: priv.Public(), MeshKey: testMeshKey(1), Seed: 42}

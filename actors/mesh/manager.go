@@ -153,6 +153,29 @@ func (m *manager) Receive(ctx actor.Context) {
 	}
 }
 
+// Recover implements actors.Recoverer: the set of links is rebuilt from
+// the configuration. Every link is stopped (its session ends, its keys
+// leave the forwarder table), the static entries are linked anew and the
+// DNS name is looked up again at once. The region sees each link blink.
+func (m *manager) Recover(ctx actor.Context, reason any) {
+	for _, c := range ctx.Children() {
+		ctx.Stop(c)
+	}
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	m.links = make(map[string]*linkEntry)
+	m.failing = false
+	for _, t := range m.static {
+		m.add(ctx, t)
+	}
+	if m.dns != nil {
+		m.lookup()
+	}
+	m.log.Error().Int("links", len(m.links)).Msg("mesh links rebuilt from the configuration after a panic")
+}
+
 func (m *manager) add(ctx actor.Context, t Target) {
 	if _, ok := m.links[t.Name]; ok {
 		return

@@ -84,6 +84,16 @@ func Spawn(sys *actors.System, max int) *actor.PID {
 // Mailbox returns the actor's mailbox counts, for /debug/actors.
 func (r *Rejects) Mailbox() *actors.MailboxStats { return r.mbox }
 
+// Recover implements actors.Recoverer: the record starts over empty. It
+// is a view for operators; nothing else depends on it.
+func (r *Rejects) Recover(ctx actor.Context, reason any) {
+	fresh := New(r.sys, r.max)
+	fresh.mbox = r.mbox
+	*r = *fresh
+	r.publish()
+	r.log.Error().Msg("rejects record started over after a panic")
+}
+
 // Receive implements actor.Actor.
 func (r *Rejects) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {

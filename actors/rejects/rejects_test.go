@@ -21,9 +21,9 @@ type harness struct {
 
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
-func newHarness(t *testing.T, max int) *harness {
+func newHarness(t *testing.T, max int, opts ...actors.Option) *harness {
 	h := &harness{t: t}
-	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch)
+	h.sys, h.d, h.clock = actors.NewSteppedSystem(epoch, opts...)
 	h.pid = Spawn(h.sys, max)
 	h.d.RunUntilIdle()
 	return h
