@@ -135,8 +135,15 @@ func newACMECerts(o *options, log zerolog.Logger) (*acmeCerts, error) {
 
 // acmeHostPolicy allows exactly the configured host, and for upstream's
 // own derp.tailscale.com any derp*.tailscale.com, as upstream does.
+//
+// autocert also asks it about the Host header of HTTP-01 requests, which
+// carries a port when the CA validates on one other than 80 (a private
+// CA, or a test CA): the port is not part of the name.
 func acmeHostPolicy(hostname string) autocert.HostPolicy {
 	return func(_ context.Context, host string) error {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
 		if host == hostname || (hostname == "derp.tailscale.com" && tailscaleHostname.MatchString(host)) {
 			return nil
 		}

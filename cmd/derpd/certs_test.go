@@ -298,8 +298,12 @@ func TestACMECertsNeverServeExpired(t *testing.T) {
 
 func TestACMEHostPolicy(t *testing.T) {
 	p := acmeHostPolicy("derp.example.com")
-	if p(nil, "derp.example.com") != nil || p(nil, "evil.example.com") == nil {
+	if p(nil, "derp.example.com") != nil || p(nil, "evil.example.com") == nil || p(nil, "evil.example.com:80") == nil {
 		t.Fatal("policy for derp.example.com")
+	}
+	// An HTTP-01 request's Host header, from a CA validating on port 8080.
+	if p(nil, "derp.example.com:8080") != nil {
+		t.Fatal("the Host header of an HTTP-01 request on port 8080 refused")
 	}
 	p = acmeHostPolicy("derp.tailscale.com")
 	if p(nil, "derp7.tailscale.com") != nil || p(nil, "x.tailscale.com") == nil {

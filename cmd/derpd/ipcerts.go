@@ -421,7 +421,9 @@ func (m *ipCerts) order(ctx context.Context, ip netip.Addr) (*tls.Certificate, e
 	if err != nil {
 		return nil, err
 	}
-	der, _, err := m.client.CreateOrderCert(ctx, o.FinalizeURL, csr, true)
+	// From the order, not its finalize URL alone: a CA still processing
+	// the CSR is polled at the order's URL.
+	der, _, err := m.client.CreateCertFromOrder(ctx, o, csr, true)
 	if err != nil {
 		return nil, fmt.Errorf("finalizing the order: %w", err)
 	}

@@ -105,10 +105,12 @@ type Options struct {
 	Env       []string // extra environment
 	KeyFile   string   // reuse this key file (for restart tests); empty: fresh
 
-	// TLS: with CertDir set, the server runs -certmode=manual with
-	// certificates from CertDir for Hostname, and speaks HTTPS.
+	// TLS: with CertDir set, the server runs -certmode=manual (or
+	// CertMode, if set) with certificates from CertDir for Hostname, and
+	// speaks HTTPS.
 	CertDir  string
 	Hostname string
+	CertMode string
 	HTTPPort int // -http-port; 0 means -1 (off)
 	STUNPort int // > 0 turns STUN on at this UDP port
 
@@ -235,7 +237,11 @@ func Launch(opts Options, dir string) (*Server, error) {
 		args = append(args, "-stun=false")
 	}
 	if opts.CertDir != "" {
-		args = append(args, "-certmode", "manual", "-certdir", opts.CertDir, "-hostname", opts.Hostname)
+		mode := opts.CertMode
+		if mode == "" {
+			mode = "manual"
+		}
+		args = append(args, "-certmode", mode, "-certdir", opts.CertDir, "-hostname", opts.Hostname)
 	}
 	if opts.MeshKey != "" {
 		psk := filepath.Join(dir, "mesh.key")
