@@ -27,8 +27,8 @@ import (
 //	        tailnet (or tailscaled's own);
 //	    404: it is not;
 //	    400 "invalid 'addr' parameter": tailscaled predates whois by node
-//	        key (added in 2024, Tailscale issue 12617; older releases
-//	        parse addr as an IP:port only).
+//	        key (added in 1.70, mid-2024; Tailscale issue 12617): older
+//	        releases parse addr as an IP or IP:port only.
 //	GET /localapi/v0/status[?peers=false]
 //	    every release: {"BackendState":…, "Self":{"PublicKey":…},
 //	    "Peer":{"nodekey:…":{…},…}}, the peers keyed by node key.
@@ -132,6 +132,10 @@ func NewLocalAPI(socket string, timeout time.Duration) *LocalAPI {
 
 // Socket is the path the client dials.
 func (c *LocalAPI) Socket() string { return c.socket }
+
+// CloseIdleConnections closes the connections to tailscaled kept for the
+// next call.
+func (c *LocalAPI) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // DefaultSocket is where tailscaled listens unless told otherwise: the
 // path upstream's client uses (tailscale.com/paths), without the special

@@ -308,6 +308,15 @@ func Spawn(sys *actors.System, cfg Config) *Verifier {
 // PID is the actor's.
 func (v *Verifier) PID() *actor.PID { return v.pid }
 
+// Stop stops the actor and lets tailscaled's idle connections go. Calls
+// still running end on their own, within their timeout.
+func (v *Verifier) Stop() {
+	v.sys.Root.StopFuture(v.pid).Wait()
+	if c, ok := v.ts.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // Lookup asks the actor about key and waits for its verdict, at most
 // until ctx's deadline.
 func (v *Verifier) Lookup(ctx context.Context, key wire.NodePublic) Verdict {

@@ -473,6 +473,7 @@ func TestVerifierAgainstLocalAPI(t *testing.T) {
 			t.Errorf("old=%v: CheckSelf: %v", old, err)
 		}
 		cancel()
+		v.Stop()
 	}
 
 	f := newFake()
