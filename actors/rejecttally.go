@@ -40,7 +40,7 @@ type RejectReason uint8
 
 const (
 	RejectBadHandshake      RejectReason = iota // ServerKey, ClientInfo or the upgrade failed
-	RejectAdmissionDenied                       // -verify-client-url said no
+	RejectAdmissionDenied                       // -verify-clients or -verify-client-url said no
 	RejectAcceptLimit                           // over -accept-connection-limit
 	RejectMeshKeyMismatch                       // presented a mesh key that is not ours
 	RejectOversizeFrame                         // a frame longer than the protocol allows

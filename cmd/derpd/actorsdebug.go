@@ -11,6 +11,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/mesh"
+	"github.com/derpd/derpd/actors/verify"
 )
 
 // ask asks pid with the debug pages' timeout: a page never waits longer on
@@ -89,7 +90,7 @@ func (s *server) actorsView() *actorsView {
 	asked := time.Now()
 	connsF := root.RequestFuture(s.sys.Registry, &actors.GetConns{}, debugAskTimeout)
 	stateF := root.RequestFuture(s.sys.Registry, &actors.GetRegistryState{}, debugAskTimeout)
-	var flowsF, rejectsF, meshF *actor.Future
+	var flowsF, rejectsF, meshF, verifyF *actor.Future
 	if s.sys.Flows != nil {
 		flowsF = root.RequestFuture(s.sys.Flows, &actors.GetFlows{Limit: 1}, debugAskTimeout)
 	}
@@ -98,6 +99,9 @@ func (s *server) actorsView() *actorsView {
 	}
 	if s.mesh != nil {
 		meshF = root.RequestFuture(s.mesh, &mesh.GetLinks{}, debugAskTimeout)
+	}
+	if s.verify != nil {
+		verifyF = root.RequestFuture(s.verify.verifier.PID(), &verify.GetState{}, debugAskTimeout)
 	}
 
 	reg := actorView{ID: s.sys.Registry.Id, Kind: string(actors.ActorRegistry)}
@@ -129,6 +133,19 @@ func (s *server) actorsView() *actorsView {
 			st := res.(*actors.RejectsSnapshot)
 			a.Answered, a.Mailbox, a.Processed = true, st.Mailbox.Depth, st.Mailbox.Processed
 			a.Holds = map[string]any{"entries": len(st.Rejects), "disconnects": len(st.Disconnects), "max_per_direction": st.Max}
+		}
+		v.Actors = append(v.Actors, a)
+	}
+	if verifyF != nil {
+		a := actorView{ID: s.verify.verifier.PID().Id, Kind: string(actors.ActorVerify)}
+		if res, err := verifyF.Result(); err == nil {
+			st := res.(*verify.State)
+			a.Answered, a.Mailbox, a.Processed = true, st.Mailbox.Depth, st.Mailbox.Processed
+			a.Holds = map[string]any{"cached": st.Entries, "calls": st.Calls, "queued": st.Queued,
+				"status_fallback": st.StatusFallback, "status_keys": st.StatusKeys, "tailscaled_answering": st.Healthy}
+			if st.LastError != "" {
+				a.Holds["last_error"] = st.LastError
+			}
 		}
 		v.Actors = append(v.Actors, a)
 	}

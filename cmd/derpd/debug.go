@@ -147,7 +147,7 @@ func (s *server) debugHandler() http.Handler {
 func init() {
 	for _, e := range []debugEndpoint{
 		{"/debug/varz", "every metric in the Prometheus text format, upstream's names", (*server).serveVarz},
-		{"/debug/check", "the registry cross-checked against the routing table: 200 okay or 500 with each problem", (*server).serveCheck},
+		{"/debug/check", "the registry cross-checked against the routing table, and with -verify-clients the local tailscaled asked to verify its own key: 200 okay or 500 with each problem", (*server).serveCheck},
 		{"/debug/vars", "Go's expvar variables (cmdline, memstats)", func(_ *server, w http.ResponseWriter, r *http.Request) {
 			expvar.Handler().ServeHTTP(w, r)
 		}},
@@ -207,6 +207,9 @@ func (s *server) serveVarz(w http.ResponseWriter, r *http.Request) {
 	}
 	s.bootstrap.writePrometheus(p)
 	s.writeMeshMetrics(p)
+	if s.verify != nil {
+		s.verify.verifier.Counters.WritePrometheus(p)
+	}
 	s.writeRateMetrics(p)
 	s.sys.WritePrometheus(p)
 }
@@ -220,6 +223,15 @@ func (s *server) serveCheck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	problems := res.(*actors.ConsistencyReport).Problems
+	if s.verify != nil {
+		// As upstream: verification must work for the key of the
+		// tailscaled beside us, or every client is being refused.
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		if err := s.verify.verifier.CheckSelf(ctx); err != nil {
+			problems = append(problems, err.Error())
+		}
+		cancel()
+	}
 	if len(problems) > 0 {
 		http.Error(w, strings.Join(problems, "\n"), http.StatusInternalServerError)
 		return

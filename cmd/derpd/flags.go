@@ -75,6 +75,10 @@ type options struct {
 	debugAddr  string
 	debugAllow string
 
+	// derpd's own: what -verify-clients does when tailscaled cannot be
+	// asked (upstream always refuses).
+	verifyClientsFailOpen bool
+
 	// derpd's own: the flows and rejects the debug pages show.
 	flows         bool
 	flowsMax      int
@@ -112,8 +116,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.secretsCacheDir, "secrets-cache-dir", defaultSecretsCacheDir(), "setec cache directory")
 	fs.StringVar(&o.bootstrapDNS, "bootstrap-dns-names", "", "comma-separated host names to resolve and publish at /bootstrap-dns")
 	fs.StringVar(&o.unpublishedDNS, "unpublished-bootstrap-dns-names", "", "comma-separated host names answered at /bootstrap-dns only when asked for with ?q=")
-	fs.BoolVar(&o.verifyClients, "verify-clients", false, "admit only node keys the local tailscaled knows")
-	fs.StringVar(&o.socketPath, "socket", "", "tailscaled socket for -verify-clients")
+	fs.BoolVar(&o.verifyClients, "verify-clients", false, "admit only node keys the local tailscaled knows (asked over its LocalAPI socket, answers cached; mesh-key clients are not asked)")
+	fs.StringVar(&o.socketPath, "socket", "", "tailscaled's LocalAPI socket for -verify-clients; empty means tailscaled's default (/var/run/tailscale/tailscaled.sock on Linux)")
 	fs.StringVar(&o.verifyURL, "verify-client-url", "", "admission controller URL; receives a POST of {\"NodePublic\":…,\"Source\":…} and must answer {\"Allow\":true}")
 	fs.BoolVar(&o.verifyFailOpen, "verify-client-url-fail-open", true, "admit clients when the admission controller cannot be reached")
 	fs.Float64Var(&o.acceptLimit, "accept-connection-limit", math.Inf(+1), "new connections accepted per second; excess sockets are closed at once")
@@ -132,6 +136,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 
 	fs.StringVar(&o.debugAddr, "debug-addr", "", "host:port of a plain-HTTP listener serving /debug/ only (metrics for a Prometheus host, the debug pages), beside /debug/ on the main listener; the debug key is not accepted on it")
 	fs.StringVar(&o.debugAllow, "debug-allow", "", "comma-separated CIDRs (or addresses) admitted to /debug/ on every listener, besides loopback, Tailscale addresses, $TS_ALLOW_DEBUG_IP and $TS_DEBUG_TRUSTED_CIDRS")
+
+	fs.BoolVar(&o.verifyClientsFailOpen, "verify-clients-fail-open", false, "with -verify-clients, admit clients when the local tailscaled cannot be asked (down, wedged, erring) instead of refusing them")
 
 	fs.BoolVar(&o.flows, "flows", true, "count traffic per flow (source, destination, mesh peer) for /debug/flows and /debug/peer")
 	fs.IntVar(&o.flowsMax, "flows-max", flows.DefaultMax, "most flows tracked; the least recently active are forgotten first (derpd_flows_evicted)")
@@ -239,11 +245,6 @@ func (o *options) checkSupported() error {
 	}
 	if o.secretsURL != "" {
 		add("secrets-url", "fetching the mesh key from setec")
-	}
-	if o.verifyClients {
-		// It needs a tailscaled on the same host answering LocalAPI WhoIs;
-		// -verify-client-url covers the same need without one.
-		add("verify-clients", "verifying clients against the local tailscaled (use -verify-client-url)")
 	}
 	if o.ace {
 		add("ace", "the CONNECT proxy")

@@ -106,6 +106,9 @@ type server struct {
 	mesh            *actor.PID // the mesh actor; nil when not meshing
 	started         time.Time
 
+	// -verify-clients (verifyclients.go); nil when off.
+	verify *tailscaledAdmitter
+
 	// The debug pages' (debuglisten.go, traffic.go).
 	debugAllow []netip.Prefix // -debug-allow
 	stopping   chan struct{}  // closed when shutdown starts: ends /debug/traffic streams
@@ -156,6 +159,10 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			http:     &http.Client{Timeout: admissionTimeout},
 			log:      log,
 		}).admit
+	}
+	if opts.verifyClients {
+		s.verify = startTailscaledAdmitter(opts, sys, log)
+		s.clientCfg.Admit = s.verify.then(s.clientCfg.Admit)
 	}
 
 	if opts.rateConfig != "" {
@@ -348,6 +355,11 @@ func (s *server) shutdown(servers []*http.Server) {
 	if s.mesh != nil {
 		// Links first, so that none reconnects while clients leave.
 		s.sys.Root.StopFuture(s.mesh).Wait()
+	}
+	if s.verify != nil {
+		// Nothing new is accepted: the lookups are over, bar those of
+		// handshakes in progress, which are refused or failed open.
+		s.verify.verifier.Stop()
 	}
 	s.sys.Send(s.sys.Registry, &actors.CloseAll{Reason: "server shutting down"})
 	tick := time.NewTicker(20 * time.Millisecond)

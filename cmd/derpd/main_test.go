@@ -87,7 +87,6 @@ func TestUnsupportedFeaturesAreRefusedByName(t *testing.T) {
 		{[]string{"-a", ":8080", "-mesh-dns", "derp.example.com", "-mesh-dns-interval", "0s"}, "-mesh-dns-interval"},
 		{[]string{"-a", ":8080", "-mesh-dns-resolver", "10.0.0.53"}, "-mesh-dns-resolver"},
 		{[]string{"-a", ":8080", "-mesh-max-peer-keys", "0"}, "-mesh-max-peer-keys"},
-		{[]string{"-a", ":8080", "-verify-clients"}, "-verify-clients"},
 		{[]string{"-a", ":443", "-certmode", "gcp", "-acme-ip-certs"}, "-acme-ip-certs"},
 		{[]string{"-a", ":8080", "-secrets-url", "https://setec.example"}, "-secrets-url"},
 		{[]string{"-a", ":8080", "-ace"}, "-ace"},

@@ -34,7 +34,7 @@ var metricHelp = map[string]string{
 	"derp_home_moves_out":                         "Clients that stopped calling this server their home.",
 	"derp_sclient_write_timeouts":                 "Clients disconnected because a write to them blocked longer than -tcp-write-timeout.",
 	"derpd_handshake_errors":                      "Connections that failed the DERP handshake.",
-	"derpd_admission_rejected":                    "Connections refused by the -verify-client-url admission controller.",
+	"derpd_admission_rejected":                    "Connections refused by admission control: -verify-clients (the local tailscaled) or the -verify-client-url controller.",
 	"tls_listener_accepted_connections":           "Sockets the main listener accepted within -accept-connection-limit.",
 	"tls_listener_rejected_connections":           "Sockets the main listener closed at once for exceeding -accept-connection-limit.",
 	"derper_tls_request_version":                  "HTTPS requests by TLS version.",
@@ -91,6 +91,15 @@ var metricHelp = map[string]string{
 	"derpd_actor_mailbox_depth":      "Messages waiting in the mailboxes of the actors of a kind.",
 	"derpd_actor_messages_processed": "Messages processed by the actors of a kind.",
 	"derpd_actor_panics":             "Panics caught in the actors of a kind; each is logged as an error with its stack, and the actor recovers to a known state or stops.",
+
+	// -verify-clients.
+	"derpd_verify_lookups":              "Connecting clients verified with the local tailscaled, by result: admitted, refused (an unknown key), error (tailscaled could not be asked).",
+	"derpd_verify_fail_open_admissions": "Of the lookups that ended in error, the clients admitted anyway by -verify-clients-fail-open.",
+	"derpd_verify_cache_hits":           "Lookups answered from the cache or the last status answer, without asking tailscaled.",
+	"derpd_verify_cache_entries":        "Answers about node keys the verify actor holds.",
+	"derpd_verify_localapi_calls":       "Calls to tailscaled's LocalAPI, by call: whois (by node key) or status (for a tailscaled too old for whois by node key, and /debug/check).",
+	"derpd_verify_localapi_errors":      "LocalAPI calls that got no usable answer (no socket, a timeout, an error status), by call.",
+	"derpd_verify_status_fallback":      "1 while tailscaled predates whois by node key and clients are verified against its status.",
 
 	// STUN and bootstrap DNS.
 	"stun_requests":                            "STUN datagrams, by what became of them.",
