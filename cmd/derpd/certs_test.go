@@ -218,6 +218,8 @@ func TestACMEDirectoryFlag(t *testing.T) {
 		{[]string{"-acme-directory-url", "http://ca.internal/dir"}, "-acme-directory-url"},
 		{[]string{"-acme-directory-url", "ca.internal/dir"}, "-acme-directory-url"},
 		{[]string{"-certmode", "manual", "-acme-ip-certs"}, "-acme-ip-certs"},
+		{[]string{"-a", ":8443", "-acme-ip-certs"}, "-acme-ip-certs"},
+		{[]string{"-http-port", "-1", "-acme-ip-certs"}, "-acme-ip-certs"},
 	} {
 		expectRefused(t, c.args, c.flag)
 	}

@@ -209,6 +209,16 @@ func (o *options) checkSupported() error {
 		// mode obtains nothing.
 		problems = append(problems, "-acme-ip-certs needs -certmode=letsencrypt")
 	}
+	if o.acmeIPCerts && o.certMode == "letsencrypt" {
+		// Either would leave the flag without effect, and an operator
+		// believing clients get IP certificates.
+		if !o.serveTLS() {
+			problems = append(problems, fmt.Sprintf("-acme-ip-certs: ACME certificates are served only with -a on port 443, as upstream; on %q derpd serves plain HTTP", o.addr))
+		}
+		if o.httpPort == -1 {
+			problems = append(problems, "-acme-ip-certs needs the port-80 listener: the CA validates IP addresses with HTTP-01 on -http-port, which is -1")
+		}
+	}
 	if o.set["acme-directory-url"] {
 		if o.certMode == "manual" {
 			problems = append(problems, "-acme-directory-url has no effect with -certmode=manual")
