@@ -362,6 +362,33 @@ func (v *Verifier) CheckSelf(ctx context.Context) error {
 	return nil
 }
 
+// Recover implements actors.Recoverer: the cache, the status snapshot and
+// what is known of tailscaled's health are dropped, and lookups still
+// queued are answered with an error (fail-open or fail-closed then
+// applies, as for any LocalAPI error) rather than left to time out.
+// Calls under way stay counted: they answer their own waiters when they
+// report back.
+func (v *verifier) Recover(ctx actor.Context, reason any) {
+	errRecovered := errors.New("the verify actor recovered from an internal error; try again")
+	for _, l := range v.queue {
+		if l == nil {
+			continue
+		}
+		for _, w := range l.waiters {
+			reply(ctx, w.pid, &Verdict{Err: errRecovered})
+		}
+	}
+	running := v.running
+	*v = verifier{
+		sys: v.sys, cfg: v.cfg, log: v.log, mbox: v.mbox, self: v.self,
+		cache:   make(map[wire.NodePublic]*entry),
+		whois:   make(map[wire.NodePublic]*lookup),
+		healthy: true,
+		running: running,
+	}
+	v.log.Error().Msg("verify cache dropped after a panic")
+}
+
 // Receive implements actor.Actor.
 func (v *verifier) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {

@@ -99,10 +99,11 @@ type harness struct {
 
 var epoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t *testing.T, cfg Config, opts ...actors.Option) *harness {
 	h := &harness{t: t, ts: &stubTailscaled{known: map[wire.NodePublic]bool{}}, log: new(bytes.Buffer)}
 	h.d, h.clock = actors.NewStepDispatcher(), actors.NewFakeClock(epoch)
-	h.sys = actors.NewSystem(zerolog.New(h.log).Level(zerolog.InfoLevel), actors.WithDispatcher(h.d), actors.WithClock(h.clock))
+	opts = append([]actors.Option{actors.WithDispatcher(h.d), actors.WithClock(h.clock)}, opts...)
+	h.sys = actors.NewSystem(zerolog.New(h.log).Level(zerolog.InfoLevel), opts...)
 	cfg.Tailscaled = h.ts
 	cfg.runCall = func(call func()) { h.calls = append(h.calls, call) }
 	h.v = Spawn(h.sys, cfg)
