@@ -239,7 +239,19 @@ func (s *server) serveCheck(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("derp.Server ConsistencyCheck okay\n"))
 }
 
+// buildVersion is the version a packaging build stamps in with
+// -ldflags "-X main.buildVersion=…" (make deb, make image): the Debian
+// version of the checkout, which a build from a Git tree does not record
+// by itself (with -buildvcs=false, or from a dirty tree).
+var buildVersion string
+
+// version is what -version prints and /debug/varz reports: the stamped
+// version, else the module's version when built by go install
+// module@version, else "devel".
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
