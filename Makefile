@@ -29,6 +29,54 @@ test-interop-upstream:
 test-cluster:
 	cd interop && DERPD_CLUSTER=1 go test -race -count=1 -timeout 10m ./cluster/
 
+# Packages for operators (docs/operators-guide.md): `make deb` builds
+# $(DIST)/derpd_<version>_<arch>.deb with nfpm (run as a tool: the module
+# gains no dependency) from cmd/derpd/packaging; `make image` builds the
+# FROM-scratch image of ./Containerfile with the machine's Docker engine,
+# from a context holding only the binary and the machine's CA
+# certificates. Both carry the same static binary (no cgo), stamped with
+# VERSION, which `derpd -version` prints. On the command line: VERSION,
+# DIST (where the output goes), PKG_GOARCH (a Go architecture: arm64, …),
+# DEB_MAINTAINER ("Name <address>"; git's user by default), IMAGE
+# (name:tag) and IMAGE_BUILD_FLAGS (more `docker build` flags).
+.PHONY: static-binary deb image
+# Computed once, when first used: two runs of version.sh while someone
+# edits the tree could disagree about +dirty.
+VERSION ?= $(eval VERSION := $$(shell cmd/derpd/packaging/version.sh))$(VERSION)
+DIST ?= dist
+PKG_GOARCH ?= $(shell go env GOARCH)
+DEB_MAINTAINER ?= $(shell git config user.name) <$(shell git config user.email)>
+NFPM = go run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+# Docker tags allow neither ~ nor +.
+IMAGE ?= derpd:$(subst +,-,$(subst ~,-,$(VERSION)))
+IMAGE_BUILD_FLAGS ?=
+STATIC_BINARY = $(DIST)/derpd-linux-$(PKG_GOARCH)
+# Files in the package and the image carry the commit's time, not the
+# build's: the same commit makes the same .deb.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+
+static-binary:
+	mkdir -p $(DIST)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(PKG_GOARCH) go build -trimpath \
+		-ldflags '-s -w -X main.buildVersion=$(VERSION)' -o $(STATIC_BINARY) ./cmd/derpd
+
+deb: static-binary
+	@case '$(DEB_MAINTAINER)' in *?' <'?*@?*'>') ;; *) echo "DEB_MAINTAINER='$(DEB_MAINTAINER)' is not \"Name <address>\"; set it, or git's user.name and user.email" >&2; exit 1;; esac
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) cmd/derpd/packaging/stage.sh $(DIST)/deb-stage '$(VERSION)' '$(DEB_MAINTAINER)'
+	DERPD_VERSION='$(VERSION)' DERPD_ARCH=$(PKG_GOARCH) DERPD_MAINTAINER='$(DEB_MAINTAINER)' \
+	DERPD_BINARY=$(STATIC_BINARY) DERPD_STAGE=$(DIST)/deb-stage SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+		$(NFPM) package --config cmd/derpd/packaging/nfpm.yaml --packager deb --target $(DIST)/
+
+# The legacy builder (DOCKER_BUILDKIT=0): BuildKit would fetch its
+# frontend from a registry, and FROM scratch needs none.
+image: static-binary
+	rm -rf $(DIST)/image-context && mkdir -p $(DIST)/image-context/state
+	cp Containerfile $(DIST)/image-context/
+	cp $(STATIC_BINARY) $(DIST)/image-context/derpd
+	cp /etc/ssl/certs/ca-certificates.crt $(DIST)/image-context/
+	DOCKER_BUILDKIT=0 docker build -f $(DIST)/image-context/Containerfile -t $(IMAGE) \
+		--build-arg VERSION='$(VERSION)' $(IMAGE_BUILD_FLAGS) $(DIST)/image-context
+
 # Longer fuzzing than the seed corpora that `make test` runs.
 FUZZTIME ?= 30s
 fuzz:
