@@ -6,6 +6,7 @@ require (
 	github.com/derpd/derpd v0.0.0-00010101000000-000000000000
 	github.com/miekg/dns v1.1.62
 	go4.org/mem v0.0.0-20240501181205-ae6ca9944745
+	golang.org/x/mod v0.41.0
 	gonum.org/v1/plot v0.17.0
 	tailscale.com v1.102.5
 )
@@ -71,7 +72,6 @@ require (
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/exp v0.0.0-20260410095643-746e56fc9e2f // indirect
 	golang.org/x/image v0.41.0 // indirect
-	golang.org/x/mod v0.41.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
