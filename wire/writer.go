@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // writeBufSize is the batch a writer collects before a system call: about
@@ -208,6 +210,26 @@ func (w *Writer) WritePeerGone(peer NodePublic, reason PeerGoneReason) error {
 	copy(b[:], peer[:])
 	b[KeyLen] = byte(reason)
 	return w.WriteFrame(FramePeerGone, b[:], nil)
+}
+
+// RestartingLen is the body of a Restarting frame: two big-endian uint32
+// millisecond counts.
+const RestartingLen = 8
+
+// WriteRestarting tells a client that the server is restarting: wait
+// reconnectIn before reconnecting, and keep trying for tryFor before
+// treating the server as failed. Both are advisory; they are sent in whole
+// milliseconds, negative ones as 0 and ones beyond the field's 49 days as
+// its largest value.
+func (w *Writer) WriteRestarting(reconnectIn, tryFor time.Duration) error {
+	var b [RestartingLen]byte
+	binary.BigEndian.PutUint32(b[0:4], durationMillis32(reconnectIn))
+	binary.BigEndian.PutUint32(b[4:8], durationMillis32(tryFor))
+	return w.WriteFrame(FrameRestarting, b[:], nil)
+}
+
+func durationMillis32(d time.Duration) uint32 {
+	return uint32(min(max(d.Milliseconds(), 0), math.MaxUint32))
 }
 
 // WritePeerPresent tells a watcher that peer is connected from addr.
