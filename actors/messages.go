@@ -105,7 +105,19 @@ type SendPeerPresence struct{ Updates []PeerPresence }
 type Registered struct{}
 
 // CloseConn asks a client actor to close its connection.
-type CloseConn struct{ Reason string }
+type CloseConn struct {
+	Reason string
+	// Flush: close only once what is already queued for the connection
+	// has been written (a Restarting frame before a graceful close);
+	// packets queued meanwhile may go too. Otherwise the socket is closed
+	// at once and whatever was queued is dropped.
+	Flush bool
+}
+
+// SendRestarting asks the connection to write a Restarting frame: the
+// server is going away, and the client may come back after ReconnectIn,
+// trying for TryFor (both advisory).
+type SendRestarting struct{ ReconnectIn, TryFor time.Duration }
 
 // Mesh messages. A mesh link is this server's connection to one peer
 // server of the region: it watches the peer's clients and forwards packets
@@ -225,9 +237,34 @@ type MeshConnInfo struct {
 	ForwardedIn int64 // ForwardPacket frames it delivered
 }
 
-// CloseAll asks the registry to close every registered connection, for a
-// graceful shutdown.
-type CloseAll struct{ Reason string }
+// CloseAll asks the registry to close every registered connection: the
+// end of a shutdown. Flush as in CloseConn.
+type CloseAll struct {
+	Reason string
+	Flush  bool
+}
+
+// RestartAll asks the registry to start a graceful shutdown: every
+// registered connection is sent Restarting at once, then the client
+// connections are closed one by one, in connection order, evenly over
+// Spread, each after its Restarting frame is out, so that they do not all
+// reconnect at the same instant. Connections that presented the mesh key
+// are sent Restarting but left open, so that forwarding within the region
+// keeps working while clients leave; a CloseAll ends them. Connections
+// that register meanwhile are sent Restarting too. The registry answers
+// the sender with RestartSpreadDone once every client connection it
+// closed is gone, so the mesh peers have heard each departure.
+type RestartAll struct {
+	ReconnectIn, TryFor time.Duration // the Restarting frame's fields
+	Spread              time.Duration // 0: close every client at once
+	Reason              string        // for the connections' close log lines
+}
+
+// RestartSpreadDone is the answer to RestartAll.
+type RestartSpreadDone struct {
+	Closed int // client connections asked to close
+	Mesh   int // mesh-key connections left open
+}
 
 // CheckConsistency asks the registry to cross-check its state against the
 // RouteTable; it answers with a ConsistencyReport.

@@ -48,10 +48,15 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		a.outbox.QueuePeerGone(m.Peer, m.Reason)
 	case *actors.SendPeerPresence:
 		a.outbox.QueuePresence(m.Updates)
+	case *actors.SendRestarting:
+		a.outbox.QueueRestarting(m.ReconnectIn, m.TryFor)
 	case *actors.CloseConn:
 		if a.closeReason == "" {
 			a.closeReason = m.Reason
 			connLog(a.sys, a.conn).Info().Str("reason", m.Reason).Msg("closing connection")
+		}
+		if m.Flush && a.outbox.CloseWhenWritten() {
+			break // the writer closes the socket once what is queued is out
 		}
 		// The reader notices and reports readerDone; cleanup happens there.
 		a.netConn.Close()

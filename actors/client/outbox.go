@@ -83,6 +83,7 @@ type Outbox struct {
 	haveLast bool
 	sent     actors.SendCounts
 	oldest   int64 // QueuedAt of the first packet in the current batch
+	hangUp   bool  // a graceful close was reached in the control queue
 }
 
 type ctrlFrame struct {
@@ -93,6 +94,9 @@ type ctrlFrame struct {
 	addr     netip.AddrPort
 	flags    wire.PeerPresentFlags
 	body     []byte
+
+	reconnectIn, tryFor time.Duration // Restarting
+	hangUp              bool          // not a frame: close once what is ahead is written
 }
 
 // OutboxConfig sizes an outbox.
@@ -231,6 +235,25 @@ const maxPresenceBacklog = 65536
 
 // errPresenceBacklog ends a watcher that lets updates pile up.
 var errPresenceBacklog = errors.New("watcher not reading: too many connection updates waiting")
+
+// QueueRestarting asks the writer to send Restarting.
+func (o *Outbox) QueueRestarting(reconnectIn, tryFor time.Duration) {
+	o.queueCtrl(ctrlFrame{typ: wire.FrameRestarting, reconnectIn: reconnectIn, tryFor: tryFor})
+}
+
+// CloseWhenWritten asks the writer to close the connection once every
+// control frame queued before it is written, and any packet it meets on
+// the way: a graceful close, which a Restarting frame must not lose a
+// race with. It reports false when there is no writer to ask (not
+// started, or closed), and the caller closes the connection itself. A
+// receiver that does not read is cut off by the write timeout as ever.
+func (o *Outbox) CloseWhenWritten() bool {
+	if !o.started.Load() || o.closed.Load() {
+		return false
+	}
+	o.queueCtrl(ctrlFrame{hangUp: true})
+	return true
+}
 
 // QueuePresence asks the writer to send watcher updates, in order.
 func (o *Outbox) QueuePresence(updates []actors.PeerPresence) {
@@ -439,7 +462,7 @@ func (o *Outbox) run() {
 		// and flush once nothing is: several frames per system call
 		// under load, no added delay when idle.
 	batch:
-		for o.w.Err() == nil {
+		for o.w.Err() == nil && !o.hangUp {
 			if o.w.Buffered() >= actors.BatchFlushBytes {
 				o.flush()
 				o.armDeadline()
@@ -464,6 +487,13 @@ func (o *Outbox) run() {
 		}
 		if err := o.w.Err(); err != nil {
 			o.fail(err)
+			o.finish()
+			return
+		}
+		if o.hangUp {
+			// CloseWhenWritten: what was asked for before it is out. The
+			// reader ends on the closed socket, and the actor cleans up.
+			o.conn.Close()
 			o.finish()
 			return
 		}
@@ -695,6 +725,11 @@ func (o *Outbox) writeCtrl() int {
 			}
 		case wire.FramePeerPresent:
 			o.w.WritePeerPresent(f.key, f.addr, f.flags)
+		case wire.FrameRestarting:
+			o.w.WriteRestarting(f.reconnectIn, f.tryFor)
+		}
+		if f.hangUp {
+			o.hangUp = true
 		}
 		*f = ctrlFrame{}
 	}

@@ -58,6 +58,10 @@ type Registry struct {
 	unknownSources map[wire.NodePublic]time.Time
 	sweepArmed     bool
 
+	// restart is the graceful shutdown in progress, nil until RestartAll
+	// (restart.go).
+	restart *restartPlan
+
 	mbox *actors.MailboxStats // its own mailbox's counts
 }
 
@@ -214,8 +218,12 @@ func (r *Registry) Receive(ctx actor.Context) {
 		r.linkDown(ctx, m.Link)
 	case *actors.CloseAll:
 		for c := range r.conns {
-			ctx.Send(c.PID, &actors.CloseConn{Reason: m.Reason})
+			ctx.Send(c.PID, &actors.CloseConn{Reason: m.Reason, Flush: m.Flush})
 		}
+	case *actors.RestartAll:
+		r.restartAll(ctx, m)
+	case *restartTick:
+		r.restartStep(ctx)
 	case *actors.GetRegistryState:
 		ctx.Respond(r.state())
 	case *actors.GetMeshConns:
@@ -269,6 +277,11 @@ func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
 	r.setActive(ks, cs)
 	stats.ClientsLocal.Store(int64(len(r.keys)))
 	ctx.Send(c.PID, &actors.Registered{})
+	if r.restart != nil {
+		// Its handshake was under way when the shutdown began; the
+		// shutdown's final CloseAll ends it.
+		ctx.Send(c.PID, r.restart.frame)
+	}
 	r.broadcast(ctx, present(c))
 }
 
@@ -278,6 +291,7 @@ func (r *Registry) unregister(ctx actor.Context, c *actors.Conn) {
 		return
 	}
 	delete(r.conns, c)
+	defer r.restartLeft(ctx, c)
 	if _, ok := r.watchers[c]; ok {
 		delete(r.watchers, c)
 		r.sys.Stats.Watchers.Add(-1)
