@@ -99,7 +99,21 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 	if fastStart && metaKey == cfg.PublicKey {
 		return nil, errSelf
 	}
+	rd, serverKey, err := upgradeAndHandshake(conn, cfg, t, metaKey)
+	if err != nil {
+		return nil, err
+	}
+	raw.SetDeadline(time.Time{})
+	return &peerConn{conn: conn, sock: sock, rd: rd, serverKey: serverKey, fastStart: fastStart}, nil
+}
 
+// upgradeAndHandshake is dialPeer's part after TLS, the first to read what
+// the peer sends: the /derp upgrade (with fast start when metaKey, the key
+// in the peer's meta certificate, is not zero), ServerKey, our ClientInfo
+// and WatchConns, ServerInfo. On success the reader stands after
+// ServerInfo. The caller bounds it with a deadline.
+func upgradeAndHandshake(conn net.Conn, cfg *Config, t Target, metaKey wire.NodePublic) (*wire.Reader, wire.NodePublic, error) {
+	fastStart := !metaKey.IsZero()
 	req := "GET /derp HTTP/1.1\r\nHost: " + t.HostHeader() + "\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n"
 	if fastStart {
 		req += "Derp-Fast-Start: 1\r\n"
@@ -111,25 +125,25 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 		// link is watching after one round trip.
 		msg, err := appendHello([]byte(req), cfg, metaKey)
 		if err != nil {
-			return nil, err
+			return nil, wire.NodePublic{}, err
 		}
 		if _, err := conn.Write(msg); err != nil {
-			return nil, fmt.Errorf("writing the upgrade request: %w", err)
+			return nil, wire.NodePublic{}, fmt.Errorf("writing the upgrade request: %w", err)
 		}
 		rd = wire.NewReader(conn, nil, maxLinkFrame)
 	} else {
 		if _, err := io.WriteString(conn, req); err != nil {
-			return nil, fmt.Errorf("writing the upgrade request: %w", err)
+			return nil, wire.NodePublic{}, fmt.Errorf("writing the upgrade request: %w", err)
 		}
 		br := bufio.NewReaderSize(conn, 4096)
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
-			return nil, fmt.Errorf("reading the upgrade response: %w", err)
+			return nil, wire.NodePublic{}, fmt.Errorf("reading the upgrade response: %w", err)
 		}
 		if res.StatusCode != http.StatusSwitchingProtocols {
 			body, _ := io.ReadAll(io.LimitReader(res.Body, 200))
 			res.Body.Close()
-			return nil, fmt.Errorf("upgrade refused: %s: %q", res.Status, strings.TrimSpace(string(body)))
+			return nil, wire.NodePublic{}, fmt.Errorf("upgrade refused: %s: %q", res.Status, strings.TrimSpace(string(body)))
 		}
 		// Frames that came with the response are the stream's start.
 		var prefix []byte
@@ -139,9 +153,9 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 		}
 		rd = wire.NewReader(conn, prefix, maxLinkFrame)
 	}
-	fail := func(err error) (*peerConn, error) {
+	fail := func(err error) (*wire.Reader, wire.NodePublic, error) {
 		rd.Release()
-		return nil, err
+		return nil, wire.NodePublic{}, err
 	}
 
 	// ServerKey comes first, fast start or not.
@@ -197,8 +211,7 @@ func dialPeer(ctx context.Context, cfg *Config, t Target) (pc *peerConn, err err
 	if _, err := wire.ParseServerInfo(sealed, serverKey, cfg.PrivateKey); err != nil {
 		return fail(fmt.Errorf("ServerInfo does not open with the peer's key: %w", err))
 	}
-	raw.SetDeadline(time.Time{})
-	return &peerConn{conn: conn, sock: sock, rd: rd, serverKey: serverKey, fastStart: fastStart}, nil
+	return rd, serverKey, nil
 }
 
 // appendHello appends our ClientInfo frame (the server's own key, the mesh
