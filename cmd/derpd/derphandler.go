@@ -10,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/derpd/derpd/actors/client"
 	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
 )
 
 // wsMaxMessage is the largest WebSocket message we send: the reference
@@ -85,6 +86,25 @@ func upgradeResponse(pub wire.NodePublic) []byte {
 }
 
 func (s *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	netConn := acceptWebSocket(w, r, s.log)
+	if netConn == nil {
+		return
+	}
+	a := client.Accepted{
+		Conn:      netConn,
+		Addr:      remoteAddrPort(r),
+		WebSocket: true,
+		MaxWrite:  wsMaxMessage,
+	}
+	client.Serve(s.sys, s.clientCfg, a)
+}
+
+// acceptWebSocket completes the WebSocket handshake of a /derp request
+// and returns the DERP byte stream its binary messages carry, or nil when
+// the handshake failed or the client does not speak the derp
+// subprotocol (it has been answered or closed then). Everything a
+// WebSocket client sends after its request goes through here.
+func acceptWebSocket(w http.ResponseWriter, r *http.Request, log zerolog.Logger) net.Conn {
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols: []string{"derp"},
 		// Browsers on any origin may use a DERP server; it has no cookies
@@ -93,22 +113,15 @@ func (s *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
-		s.log.Info().Err(err).Str("addr", r.RemoteAddr).Msg("WebSocket handshake failed")
-		return
+		log.Info().Err(err).Str("addr", r.RemoteAddr).Msg("WebSocket handshake failed")
+		return nil
 	}
 	if c.Subprotocol() != "derp" {
 		c.Close(websocket.StatusPolicyViolation, "client must speak the derp subprotocol")
-		return
+		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	netConn := &cancelOnClose{Conn: websocket.NetConn(ctx, c, websocket.MessageBinary), cancel: cancel}
-	a := client.Accepted{
-		Conn:      netConn,
-		Addr:      remoteAddrPort(r),
-		WebSocket: true,
-		MaxWrite:  wsMaxMessage,
-	}
-	client.Serve(s.sys, s.clientCfg, a)
+	return &cancelOnClose{Conn: websocket.NetConn(ctx, c, websocket.MessageBinary), cancel: cancel}
 }
 
 // cancelOnClose ends the WebSocket's context with the connection.
