@@ -1,9 +1,9 @@
 # The one test command (README, CI): every package of the main module with
 # the race detector, then the interop suite that drives derpd with
 # Tailscale's own client library, then a region of containers.
-.PHONY: test test-main test-interop test-interop-upstream test-cluster fuzz bench screenshots
+.PHONY: test test-main test-fuzz test-interop test-interop-upstream test-cluster fuzz bench screenshots
 
-test: test-main test-interop test-interop-upstream test-cluster
+test: test-main test-fuzz test-interop test-interop-upstream test-cluster
 
 test-main:
 	go vet ./...
@@ -77,13 +77,27 @@ image: static-binary
 	DOCKER_BUILDKIT=0 docker build -f $(DIST)/image-context/Containerfile -t $(IMAGE) \
 		--build-arg VERSION='$(VERSION)' $(IMAGE_BUILD_FLAGS) $(DIST)/image-context
 
-# Longer fuzzing than the seed corpora that `make test` runs.
+# Every fuzz target, as package:target (docs/testing.md). test-main
+# already runs their seed corpora (testdata/fuzz) as unit tests;
+# test-fuzz, part of `make test`, then fuzzes each for FUZZTIME_CI, and
+# `make fuzz` for FUZZTIME, one after another (.ci/fuzz). A failure
+# leaves the input in the package's testdata/fuzz/<target>/: commit it
+# with the fix, and it is a regression test.
+FUZZ_TARGETS = \
+	./wire/:FuzzReader ./wire/:FuzzWriterRoundTrip ./wire/:FuzzParseClientInfo \
+	./wire/:FuzzClientInfoJSON ./wire/:FuzzParseServerKey ./wire/:FuzzParseServerInfo \
+	./wire/:FuzzParseKeys \
+	./stun/:FuzzParseBindingRequest ./stun/:FuzzServeDatagram \
+	./actors/mesh/:FuzzLinkFrames ./actors/mesh/:FuzzPeerHandshake ./actors/mesh/:FuzzMetaCertKey \
+	./actors/client/:FuzzHandshake ./actors/client/:FuzzClientFrames \
+	./cmd/derpd/:FuzzHTTPRequest ./cmd/derpd/:FuzzWebSocketFrames ./cmd/derpd/:FuzzAdmissionResponse \
+	./cmd/derpd/:FuzzKeyFile ./cmd/derpd/:FuzzMeshKeyFile
+FUZZTIME_CI ?= 10s
 FUZZTIME ?= 30s
+test-fuzz:
+	@.ci/fuzz $(FUZZTIME_CI) $(FUZZ_TARGETS)
 fuzz:
-	go test -run=XXX -fuzz=FuzzReader -fuzztime=$(FUZZTIME) ./wire/
-	go test -run=XXX -fuzz=FuzzParseClientInfo -fuzztime=$(FUZZTIME) ./wire/
-	go test -run=XXX -fuzz=FuzzParseBindingRequest -fuzztime=$(FUZZTIME) ./stun/
-	go test -run=XXX -fuzz=FuzzLinkFrames -fuzztime=$(FUZZTIME) ./actors/mesh/
+	@.ci/fuzz $(FUZZTIME) $(FUZZ_TARGETS)
 
 bench:
 	go test -run=XXX -bench=. -benchmem ./wire/ ./actors/... ./stun/

@@ -3,9 +3,14 @@ package fuzztest
 import (
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -122,3 +127,49 @@ func TestMarshal(t *testing.T) {
 	}
 }
 
+// Every fuzz target of the module is in the Makefile's FUZZ_TARGETS, so
+// that make test-fuzz and make fuzz run it, and every entry there names
+// a target that exists: go test -fuzz with a pattern that matches
+// nothing succeeds without fuzzing anything.
+func TestMakefileListsEveryTarget(t *testing.T) {
+	root := filepath.Join("..", "..")
+	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^FUZZ_TARGETS = ((?:.*\\\n)*.*)$`).FindSubmatch(mk)
+	if m == nil {
+		t.Fatal("no FUZZ_TARGETS in the Makefile")
+	}
+	listed := strings.Fields(strings.ReplaceAll(string(m[1]), "\\", " "))
+	slices.Sort(listed)
+	var found []string
+	fuzzFunc := regexp.MustCompile(`(?m)^func (Fuzz\w+)\(\w+ \*testing\.F\)`)
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "interop" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir // interop is a module of its own
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(path))
+		for _, f := range fuzzFunc.FindAllSubmatch(src, -1) {
+			found = append(found, "./"+filepath.ToSlash(rel)+"/:"+string(f[1]))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(found)
+	if !slices.Equal(listed, found) {
+		t.Fatalf("FUZZ_TARGETS lists\n  %v\nthe module has\n  %v", listed, found)
+	}
+}
