@@ -67,7 +67,9 @@ type reader struct {
 	greeted bool               // ServerInfo is out: frames may be handled
 	// lastClaim is when this duplicate connection last claimed the
 	// receiving role for its key (see claimReceiver).
-	lastClaim time.Time
+	lastClaim   time.Time
+	claimWindow time.Time // start of the current dupFightWindow
+	claims      int       // claims made in it
 	// The receive rate limit (see rateLimit): the config it was built
 	// from, to notice a new one, and the bucket; nil when off.
 	rateCfg *actors.RecvRate
@@ -211,35 +213,41 @@ func (r *reader) fold() {
 	}
 }
 
-// A duplicate connection that claims the receiving role again within
-// dupFightWindow of its last claim is fighting another for its key (two
-// devices with one key, or a client reconnecting in a loop): it claims
-// at most once per dupClaimInterval, and without waiting for the
-// registry, so a fight costs each fighter a few registry messages a
-// second and never stalls its reader.
+// A duplicate connection that claims the receiving role more than
+// dupFreeClaims times within dupFightWindow is fighting another for its
+// key (two devices with one key, or a client reconnecting in a loop): it
+// then claims at most once per dupClaimInterval, and without waiting for
+// the registry, so a fight costs each fighter a few registry messages a
+// second and never stalls its reader. The first claims of a window are
+// upstream's: at once, and waited for, so an ordinary switch (a client
+// moving back to an older connection) takes effect before its next frame.
 const (
 	dupFightWindow   = 5 * time.Second
+	dupFreeClaims    = 4
 	dupClaimInterval = 250 * time.Millisecond
 )
 
 // claimReceiver makes this connection, one of several for its key, the
 // one that receives: the last writer is active, as with upstream. Only
-// duplicate connections get here, when another has the role. The first
-// claim waits for the registry to apply the switch, so that everything
-// the client sees after this frame (the pong to a ping, say) already
+// duplicate connections get here, when another has the role. A claim
+// waits for the registry to apply the switch, so that everything the
+// client sees after this frame (the pong to a ping, say) already
 // reflects it, as with upstream; claims in a fight do not (see
 // dupFightWindow).
 func (r *reader) claimReceiver() {
 	now := r.sys.Clock.Now()
-	since := now.Sub(r.lastClaim)
-	fighting := !r.lastClaim.IsZero() && since < dupFightWindow
-	if fighting && since < dupClaimInterval {
+	if r.claimWindow.IsZero() || now.Sub(r.claimWindow) >= dupFightWindow {
+		r.claimWindow, r.claims = now, 0
+	}
+	fighting := r.claims >= dupFreeClaims
+	if fighting && now.Sub(r.lastClaim) < dupClaimInterval {
 		return // the flag stays up: a frame after the interval claims
 	}
 	if !r.conn.NoteActivity.CompareAndSwap(true, false) {
 		return
 	}
 	r.lastClaim = now
+	r.claims++
 	r.waiter.WakeDeferred() // the registry round trip below may wait
 	if fighting {
 		r.sys.Stats.DupFightClaims.Add(1)
