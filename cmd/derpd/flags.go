@@ -86,6 +86,11 @@ type options struct {
 	flowsSweep    time.Duration
 	rejectsMax    int
 
+	// derpd's own: the graceful shutdown on SIGTERM (shutdown.go).
+	restartReconnectIn time.Duration
+	restartTryFor      time.Duration
+	shutdownSpread     time.Duration
+
 	// set records which flags appeared on the command line, to tell an
 	// explicit value from a default.
 	set map[string]bool
@@ -144,6 +149,10 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.flowsInactive, "flows-inactive", flows.DefaultInactive, "a flow idle this long is forgotten at the next sweep")
 	fs.DurationVar(&o.flowsSweep, "flows-sweep", flows.DefaultSweep, "how often inactive flows are swept")
 	fs.IntVar(&o.rejectsMax, "rejects-max", rejects.DefaultMax, "entries /debug/rejects keeps per direction (inbound connection, inbound packet, outbound delivery); the least recently seen are forgotten first")
+
+	fs.DurationVar(&o.restartReconnectIn, "restart-reconnect-in", defaultRestartReconnectIn, "on SIGTERM or SIGINT: how long the Restarting frame sent to every client says to wait before reconnecting (advisory; Tailscale's clients reconnect when closed)")
+	fs.DurationVar(&o.restartTryFor, "restart-try-for", defaultRestartTryFor, "on SIGTERM or SIGINT: how long the Restarting frame says to keep trying to reconnect before giving up (advisory); cover -shutdown-spread and the restart")
+	fs.DurationVar(&o.shutdownSpread, "shutdown-spread", defaultShutdownSpread, "on SIGTERM or SIGINT: the window over which client connections are closed, one by one, so they do not all reconnect at once; derpd exits within this plus 2s; 0 closes them all at once")
 
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.verbose, "v", false, "verbose logging (same as -log-level=debug)")
@@ -287,6 +296,7 @@ func (o *options) checkSupported() error {
 		problems = append(problems, "-stun-port "+strconv.Itoa(o.stunPort)+" is not a port")
 	}
 	problems = append(problems, o.checkDebugFlags()...)
+	problems = append(problems, o.checkShutdownFlags()...)
 	if o.flowsMax <= 0 {
 		problems = append(problems, "-flows-max must be positive")
 	}

@@ -39,10 +39,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// shutdownGrace bounds how long a stopping server waits for connections
-// to close after it asked them to.
-const shutdownGrace = 5 * time.Second
-
 func main() {
 	opts, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
@@ -279,7 +275,7 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			if ln80s != nil {
 				ln80s.Close()
 			}
-			s.shutdown(servers)
+			s.shutdown(servers, nil)
 			return err
 		}
 		servers = append(servers, dbg)
@@ -302,9 +298,13 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 		return fmt.Errorf("HTTP server: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info().Msg("shutting down")
-	s.shutdown(servers)
-	return nil
+	// From here a second SIGINT or SIGTERM exits at once (shutdown.go);
+	// caught before the log line, so one sent after it is never missed.
+	force := make(chan os.Signal, 1)
+	signal.Notify(force, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(force)
+	log.Info().Dur("bound", opts.shutdownBound()).Msg("shutting down")
+	return s.shutdown(servers, force)
 }
 
 // reloadOnHUP re-reads certificates on SIGHUP, for operators who renew
@@ -334,42 +334,6 @@ func (s *server) reloadOnHUP(ctx context.Context, hup <-chan os.Signal) {
 			default:
 				s.log.Error().Err(err).Msg("SIGHUP: reloading certificates failed; keeping the old ones")
 			}
-		}
-	}
-}
-
-// shutdown stops accepting, asks every client connection to close, and
-// waits (bounded) for them to go. Hijacked DERP connections are not the
-// HTTP server's to close, and protoactor's Shutdown stops no actor, so
-// both are done here.
-func (s *server) shutdown(servers []*http.Server) {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	close(s.stopping)
-	for _, srv := range servers {
-		srv.Shutdown(ctx)
-	}
-	if s.stun != nil {
-		s.stun.Close()
-	}
-	if s.mesh != nil {
-		// Links first, so that none reconnects while clients leave.
-		s.sys.Root.StopFuture(s.mesh).Wait()
-	}
-	if s.verify != nil {
-		// Nothing new is accepted: the lookups are over, bar those of
-		// handshakes in progress, which are refused or failed open.
-		s.verify.verifier.Stop()
-	}
-	s.sys.Send(s.sys.Registry, &actors.CloseAll{Reason: "server shutting down"})
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for s.sys.Stats.CurrentConns.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			s.log.Warn().Int64("conns", s.sys.Stats.CurrentConns.Load()).Msg("connections still open at exit")
-			return
-		case <-tick.C:
 		}
 	}
 }
