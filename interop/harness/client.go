@@ -178,7 +178,20 @@ func (c *Client) await(d time.Duration, want func(derp.ReceivedMessage) bool) (d
 			}
 		case err := <-c.errs:
 			c.errs <- err // stay failed
-			return nil, err
+			// pump queued every message before its error, but select
+			// picks among ready cases at random: what arrived before the
+			// connection ended comes first.
+			for {
+				select {
+				case m := <-c.msgs:
+					if want(m) {
+						return m, nil
+					}
+					continue
+				default:
+				}
+				return nil, err
+			}
 		case <-deadline:
 			return nil, fmt.Errorf("nothing received within %v", d)
 		}
