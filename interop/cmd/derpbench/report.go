@@ -108,6 +108,9 @@ func (b *bench) table() string {
 			})
 		}
 	}
+	if b.hasScenario("stalled") {
+		rows = append(rows, b.stalledRows()...)
+	}
 	if b.hasScenario("handshakes") {
 		add("connection setup", "handshakes/s", "≥ 1.0×", 1, true, func(k harness.Kind) float64 {
 			return b.median("handshakes", k, metrics{"workers": 8}, "handshakes_per_sec")
