@@ -106,3 +106,20 @@ bench:
 # region rendered in headless chromium (Debian's package).
 screenshots:
 	cd interop && go run ./cmd/debugshots
+
+# A soak (interop/cmd/soak, docs/performance.md "Soak"): 2,000 clients of
+# Tailscale's own library connecting, relaying (to live peers, departed
+# ones, disco-shaped), misbehaving mildly (not reading for a while,
+# moving with their key) and leaving, for SOAK_DURATION after a minute's
+# warm-up, against SOAK_TARGET: derpd, derper or both (one after the
+# other). Then PASS or FAIL for each leak check (memory, goroutines,
+# actors, connections back to the baseline) and the figures side by side
+# in interop/soak-out/summary.md; it exits 1 on a leak. Not part of
+# `test`: about 12 minutes per server. SOAK_FLAGS passes more flags
+# (`go run ./cmd/soak -help` lists them).
+.PHONY: soak
+SOAK_DURATION ?= 10m
+SOAK_TARGET ?= both
+SOAK_FLAGS ?=
+soak:
+	cd interop && go run ./cmd/soak -duration $(SOAK_DURATION) -target $(SOAK_TARGET) $(SOAK_FLAGS)

@@ -127,3 +127,18 @@ func RaiseFileLimit() {
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
 	}
 }
+
+// LoadAverage is the machine's one-minute load average: how many
+// threads wanted a core, on average. Above the number of cores, every
+// process on the machine waited for its turn, the measured ones too.
+func LoadAverage() (float64, error) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("unexpected /proc/loadavg %q", b)
+	}
+	return strconv.ParseFloat(f[0], 64)
+}
