@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/client"
 	"github.com/derpd/derpd/actors/leakcheck"
@@ -40,7 +42,9 @@ const (
 //     the request could ever end;
 //   - upgraded: completes the upgrade, reads ServerKey, sends nothing;
 //   - claiming: after ServerKey, a ClientInfo header that claims 256 KiB,
-//     then nothing.
+//     then nothing;
+//
+// and fifty more upgraded over WebSocket, silent after ServerKey.
 //
 // All are cut off by the server (each sees its connection closed, none
 // a ServerInfo); together they cost bounded memory; a healthy pair keeps
@@ -66,6 +70,14 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 	const perKind = 250
 	kinds := []string{"silent", "dribbling", "upgraded", "claiming"}
 	var conns [][]net.Conn
+	// Every abuser's connection, closed when the test ends, or before
+	// the last memory figure: a cleanup per connection would hold them.
+	var all []net.Conn
+	t.Cleanup(func() {
+		for _, c := range all {
+			c.Close()
+		}
+	})
 	started := time.Now()
 	for _, kind := range kinds {
 		var cs []net.Conn
@@ -74,7 +86,7 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 			if err != nil {
 				t.Fatalf("dialling a %s connection: %v", kind, err)
 			}
-			t.Cleanup(func() { c.Close() })
+			all = append(all, c)
 			cs = append(cs, c)
 		}
 		conns = append(conns, cs)
@@ -92,12 +104,13 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 	request := "GET /derp HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nX-Padding: " + strings.Repeat("x", 4096) + "\r\n\r\n"
 	stopDribbling := make(chan struct{})
 	dribbled := make(chan struct{})
+	dribblers := conns[1]
 	go func() {
 		defer close(dribbled)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for i := 0; i < len(request); i++ {
-			for _, c := range conns[1] {
+			for _, c := range dribblers {
 				c.SetWriteDeadline(time.Now().Add(time.Second))
 				c.Write([]byte{request[i]}) // fails once the server has closed it
 			}
@@ -119,8 +132,37 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 	want := leaks.Baseline() + len(kinds)*perKind
 	abusePoll(t, "every abuser accepted", func() bool { return runtime.NumGoroutine() >= want })
 	heapDuring := abuseHeap()
-	perConn := (heapDuring.total() - heapBefore.total()) / int64(len(kinds)*perKind)
+	measured := len(kinds) * perKind // the abusers the memory figure is of
+	perConn := (heapDuring.total() - heapBefore.total()) / int64(measured)
 	during := abuseRoundTrips(t, a, b, 300)
+
+	// The same DERP handshake over WebSocket, silent after ServerKey: the
+	// deadline must hold on that transport too. (Dialled after the memory
+	// figure: a WebSocket client's own state would blur it.)
+	const overWebSocket = 50
+	var wsConns []net.Conn
+	for range overWebSocket {
+		ctx, cancel := context.WithTimeout(context.Background(), leakcheck.Wait)
+		ws, _, err := websocket.Dial(ctx, "ws://"+host+"/derp", &websocket.DialOptions{Subprotocols: []string{"derp"}})
+		cancel()
+		if err != nil {
+			t.Fatalf("WebSocket dial: %v", err)
+		}
+		c := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+		all = append(all, c)
+		frame := make([]byte, wire.HeaderLen+40)
+		c.SetReadDeadline(time.Now().Add(leakcheck.Wait))
+		if _, err := io.ReadFull(c, frame); err != nil {
+			t.Fatalf("WebSocket: reading ServerKey: %v", err)
+		}
+		if typ, _ := wire.ParseHeader(frame); typ != wire.FrameServerKey {
+			t.Fatalf("WebSocket: first frame %v", typ)
+		}
+		wsConns = append(wsConns, c)
+	}
+	kinds = append(kinds, "websocket")
+	conns = append(conns, wsConns)
+	total := measured + overWebSocket
 
 	// Each connection is closed by the server: its reader sees the end
 	// (or a reset), never its own read deadline, and nothing after
@@ -131,12 +173,13 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 		extra int   // bytes read after what the connection asked for
 		err   error // a reason the server did not end it
 	}
-	endings := make(chan ending, len(kinds)*perKind)
+	endings := make(chan ending, total)
 	for k, cs := range conns {
 		for _, c := range cs {
 			go func() {
 				c.SetReadDeadline(time.Now().Add(abuseHTTPDeadline + leakcheck.Wait))
 				n, err := io.Copy(io.Discard, c)
+				c.Close() // a WebSocket client's goroutines end with it
 				e := ending{kind: kinds[k], after: time.Since(started), extra: int(n)}
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					e.err = fmt.Errorf("still open after %v", e.after)
@@ -146,29 +189,33 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 		}
 	}
 	last := map[string]time.Duration{}
-	for range len(kinds) * perKind {
+	for range total {
 		e := <-endings
 		if e.err != nil {
 			t.Fatalf("a %s connection: %v", e.kind, e.err)
 		}
-		if (e.kind == "upgraded" || e.kind == "claiming") && e.extra > 0 {
+		if e.kind != "silent" && e.kind != "dribbling" && e.extra > 0 {
 			t.Errorf("a %s connection got %d more bytes after ServerKey before it was closed", e.kind, e.extra)
 		}
 		last[e.kind] = max(last[e.kind], e.after)
 	}
 	stopDribbler()
 	leaks.Check(t)
+	for _, c := range all {
+		c.Close()
+	}
+	all, conns, wsConns = nil, nil, nil
 	heapAfter := abuseHeap()
-	if got := abuseMetric(t, p.debugBase, "derpd_handshake_errors") - handshakeErrors; got != 2*perKind {
-		t.Errorf("%v handshake errors counted, want %d (one per DERP abuser)", got, 2*perKind)
+	if got := abuseMetric(t, p.debugBase, "derpd_handshake_errors") - handshakeErrors; got != 2*perKind+overWebSocket {
+		t.Errorf("%v handshake errors counted, want %d (one per DERP abuser)", got, 2*perKind+overWebSocket)
 	}
 	after := abuseRoundTrips(t, a, b, 300)
 
 	t.Logf("cut off (last of each kind, from the first dial): %v", last)
 	t.Logf("heap+stacks: %.1f MiB before, %.1f MiB with %d abusers (%.1f KiB each, heap %.1f + stacks %.1f), %.1f MiB after",
-		heapBefore.mib(), heapDuring.mib(), len(kinds)*perKind, float64(perConn)/1024,
-		float64(heapDuring.heap-heapBefore.heap)/1024/float64(len(kinds)*perKind),
-		float64(heapDuring.stacks-heapBefore.stacks)/1024/float64(len(kinds)*perKind), heapAfter.mib())
+		heapBefore.mib(), heapDuring.mib(), measured, float64(perConn)/1024,
+		float64(heapDuring.heap-heapBefore.heap)/1024/float64(measured),
+		float64(heapDuring.stacks-heapBefore.stacks)/1024/float64(measured), heapAfter.mib())
 	t.Logf("healthy round trips: p50/p99 %v/%v alone, %v/%v among the abusers, %v/%v after",
 		quiet.p(50), quiet.p(99), during.p(50), during.p(99), after.p(50), after.p(99))
 	// A generous bound: an abuser holds a goroutine and a few small
