@@ -253,6 +253,12 @@ func Launch(opts Options, dir string) (*Server, error) {
 	if opts.VerifyURL != "" {
 		args = append(args, "-verify-client-url", opts.VerifyURL)
 	}
+	if opts.Kind == Derpd {
+		// Tests stop their servers with SIGTERM: without a spread,
+		// derpd's graceful restart is over at once, as derper's exit is.
+		// A test of the restart itself sets its own (the last flag wins).
+		args = append(args, "-shutdown-spread=0s")
+	}
 	args = append(args, opts.Args...)
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
