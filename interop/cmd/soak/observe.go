@@ -24,9 +24,14 @@ type look struct {
 	Actors       float64 `json:"actors"`        // derpd: every live actor
 	ClientActors float64 `json:"client_actors"` // derpd: one per connection
 	Flows        float64 `json:"flows"`         // derpd: flows it remembers
-	DupKeys      float64 `json:"dup_keys"`
-	HeapBytes    float64 `json:"heap_bytes"` // memstats HeapAlloc
-	RSSBytes     float64 `json:"rss_bytes"`
+	// derpd: messages waiting in the registry actor's mailbox, which
+	// every registration, departure and first packet between two
+	// clients (PeerGone bookkeeping) goes through, and in all mailboxes.
+	RegistryMailbox float64 `json:"registry_mailbox"`
+	Mailboxes       float64 `json:"mailboxes"`
+	DupKeys         float64 `json:"dup_keys"`
+	HeapBytes       float64 `json:"heap_bytes"` // memstats HeapAlloc
+	RSSBytes        float64 `json:"rss_bytes"`
 
 	// counters are the server's cumulative counters this look read.
 	counters map[string]float64
@@ -39,6 +44,8 @@ func (peak *look) raise(l look) {
 	peak.Actors = max(peak.Actors, l.Actors)
 	peak.ClientActors = max(peak.ClientActors, l.ClientActors)
 	peak.Flows = max(peak.Flows, l.Flows)
+	peak.RegistryMailbox = max(peak.RegistryMailbox, l.RegistryMailbox)
+	peak.Mailboxes = max(peak.Mailboxes, l.Mailboxes)
 	peak.DupKeys = max(peak.DupKeys, l.DupKeys)
 	peak.HeapBytes = max(peak.HeapBytes, l.HeapBytes)
 	peak.RSSBytes = max(peak.RSSBytes, l.RSSBytes)
@@ -73,13 +80,17 @@ func (o *observer) look() (look, error) {
 	}
 	l := look{Conns: get(m, "derp_current_connections"), Goroutines: get(m, "goroutines"),
 		HeapBytes: get(m, "memstats_heap_alloc"), DupKeys: get(m, "derp_current_dup_client_keys"),
-		Flows: get(m, "derpd_flows_tracked"), Actors: -1, ClientActors: -1, counters: map[string]float64{}}
+		Flows: get(m, "derpd_flows_tracked"), Actors: -1, ClientActors: -1, counters: map[string]float64{},
+		RegistryMailbox: get(m, `derpd_actor_mailbox_depth{kind="registry"}`), Mailboxes: -1}
 	for name, v := range m {
 		if strings.HasPrefix(name, "derpd_actors{") {
 			l.Actors = max(l.Actors, 0) + v
 			if strings.Contains(name, `kind="client"`) {
 				l.ClientActors = v
 			}
+		}
+		if strings.HasPrefix(name, "derpd_actor_mailbox_depth{") {
+			l.Mailboxes = max(l.Mailboxes, 0) + v
 		}
 		if reason, ok := dropReason(name); ok {
 			l.counters["drop:"+reason] += v

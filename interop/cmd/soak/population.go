@@ -92,6 +92,8 @@ type counts struct {
 	PeerGoneGone  int64 `json:"peer_gone_disconnected"`
 	PeerGoneNot   int64 `json:"peer_gone_not_here"`
 	Health        int64 `json:"health_problems"`
+	HealthySent   int64 `json:"healthy_sent"` // see SentHealthy
+	HealthyGot    int64 `json:"healthy_got"`
 	LossyLives    int64 `json:"lossy_lives"`  // healthy lives that got fewer packets than were sent to them
 	LostHealthy   int64 `json:"lost_healthy"` // what they missed
 
@@ -100,11 +102,12 @@ type counts struct {
 	Moving  int64 `json:"moving"`  // of them with two connections now
 }
 
-// SentHealthy is what was sent to clients live and reading at the time.
-func (c counts) SentHealthy() int64 { return c.Sent - c.SentDeparted - c.SentStalled }
+// SentHealthy is what was sent to healthy clients: live when sent, in a
+// life that never stops reading (counted when the life ends).
+func (c counts) SentHealthy() int64 { return c.HealthySent }
 
 // DeliveredHealthy is what of SentHealthy arrived.
-func (c counts) DeliveredHealthy() int64 { return c.Delivered - c.DeliveredStal - c.DeliveredDept }
+func (c counts) DeliveredHealthy() int64 { return c.HealthyGot }
 
 // Errors is everything that should never happen to a healthy client:
 // a failed connection, one the relay closed for no reason the soak
@@ -124,6 +127,7 @@ type counters struct {
 	live, stalled, moving                              atomic.Int64
 	errorLogs, cutOffLogs, lossLogs                    atomic.Int64
 	lossyLives, lostHealthy                            atomic.Int64
+	healthySent, healthyGot                            atomic.Int64
 }
 
 func (c *counters) snapshot() counts {
@@ -136,7 +140,8 @@ func (c *counters) snapshot() counts {
 		DeliveredDept: c.deliveredDeparted.Load(),
 		DeliveredDisc: c.deliveredDisco.Load(),
 		Misdelivered:  c.misdelivered.Load(), PeerGoneGone: c.peerGoneGone.Load(), PeerGoneNot: c.peerGoneNot.Load(),
-		Health: c.health.Load(), LossyLives: c.lossyLives.Load(), LostHealthy: c.lostHealthy.Load(), Live: c.live.Load(), Stalled: c.stalled.Load(), Moving: c.moving.Load(),
+		Health: c.health.Load(), LossyLives: c.lossyLives.Load(), LostHealthy: c.lostHealthy.Load(),
+		HealthySent: c.healthySent.Load(), HealthyGot: c.healthyGot.Load(), Live: c.live.Load(), Stalled: c.stalled.Load(), Moving: c.moving.Load(),
 	}
 }
 
@@ -254,10 +259,12 @@ type client struct {
 	index int        // in peers.live, guarded by peers.mu
 	stall int        // in peers.stalled, or -1; guarded by peers.mu
 
-	// Packets sent to it while it was healthy (live, never stopped
-	// reading), and how many of those arrived: a life that ends with
-	// fewer arrived than sent shows where a relay loses healthy traffic.
+	// Packets sent to it while it was live and reading, and how many of
+	// those arrived: a healthy life (one that never stops reading) that
+	// ends with fewer arrived than sent shows a relay losing healthy
+	// traffic.
 	healthySent, healthyGot atomic.Int64
+	willStall               bool // its plan has it stop reading once
 }
 
 // conn is one connection of a client, and how it ends.
@@ -325,7 +332,7 @@ func (c writeDeadlineConn) Write(b []byte) (int, error) {
 // live runs one life to its end.
 func (p *population) live(ctx context.Context) {
 	pl := p.plan()
-	c := &client{priv: key.NewNode(), ended: make(chan *conn, maxConnsPerLife), stall: -1}
+	c := &client{priv: key.NewNode(), ended: make(chan *conn, maxConnsPerLife), stall: -1, willStall: pl.stallFor > 0}
 	c.pub = c.priv.Public()
 	c.pub.AppendTo(c.raw[:0])
 	first, err := p.dial(ctx, c, nil, pl.readBuffer)
@@ -445,7 +452,13 @@ life:
 	for _, k := range conns {
 		p.closeConn(k)
 	}
-	if sent, got := c.healthySent.Load(), c.healthyGot.Load(); got < sent {
+	if pl.stallFor > 0 {
+		return // not a healthy life: its figures are the stalled ones
+	}
+	sent, got := c.healthySent.Load(), c.healthyGot.Load()
+	p.n.healthySent.Add(sent)
+	p.n.healthyGot.Add(got)
+	if got < sent {
 		p.n.lossyLives.Add(1)
 		p.n.lostHealthy.Add(sent - got)
 		if p.n.lossLogs.Add(1) <= 5 {
@@ -510,7 +523,12 @@ func (p *population) read(k *conn) {
 			switch kind {
 			case toLive:
 				k.owner.healthyGot.Add(1)
-				p.latency.note(time.Since(sent))
+				if !k.owner.willStall {
+					// A packet to a client that stops reading later
+					// may wait out the stall: the client's delay, not
+					// the relay's.
+					p.latency.note(time.Since(sent))
+				}
 			case toStalled:
 				p.n.deliveredStalled.Add(1)
 			case toDeparted:

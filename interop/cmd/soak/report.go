@@ -57,6 +57,9 @@ func gauges(l look) string {
 	if l.Flows >= 0 {
 		s += fmt.Sprintf(" flows %s", short(l.Flows))
 	}
+	if l.RegistryMailbox >= 0 {
+		s += fmt.Sprintf(" registry mailbox %s", short(l.RegistryMailbox))
+	}
 	return s + fmt.Sprintf(" heap %s rss %s", mib(l.HeapBytes), mib(l.RSSBytes))
 }
 
@@ -109,7 +112,7 @@ func summary(w io.Writer, r *result) {
 		c.LeftByLifetime, c.CutOffStalled, c.Stalls, c.DupClosed, c.Unexpected)
 	fmt.Fprintf(w, "packets: %d sent (%d to departed keys, %d to clients not reading, %d disco-shaped); %d delivered (%d disco); %d not delivered (%.2f%%)\n",
 		c.Sent, c.SentDeparted, c.SentStalled, c.SentDisco, c.Delivered, c.DeliveredDisc, c.Sent-c.Delivered, pct(c.Sent-c.Delivered, c.Sent))
-	fmt.Fprintf(w, "         to live clients reading: %d sent, %d delivered (%.3f%%); to clients not reading: %d sent, %d delivered; to departed keys: %d delivered while leaving\n",
+	fmt.Fprintf(w, "         to healthy clients (live, never stopped reading): %d sent, %d delivered (%.3f%%); to clients not reading: %d sent, %d delivered; to departed keys: %d delivered while leaving\n",
 		c.SentHealthy(), c.DeliveredHealthy(), 100-pct(c.SentHealthy()-c.DeliveredHealthy(), c.SentHealthy()), c.SentStalled, c.DeliveredStal, c.DeliveredDept)
 	fmt.Fprintf(w, "         %d sends failed on connections already closing or cut off (not counted sent); PeerGone: %d disconnected, %d not here\n",
 		c.SendFailed, c.PeerGoneGone, c.PeerGoneNot)
@@ -131,6 +134,7 @@ func summary(w io.Writer, r *result) {
 	row("flows", count, func(l look) float64 { return l.Flows })
 	row("heap", mib, func(l look) float64 { return l.HeapBytes })
 	row("rss", mib, func(l look) float64 { return l.RSSBytes })
+	row("registry mbox", count, func(l look) float64 { return l.RegistryMailbox })
 	if r.SettledIn >= 0 {
 		fmt.Fprintf(w, "back to baseline %.0fs after the load stopped\n", r.SettledIn)
 	} else {
@@ -209,7 +213,7 @@ func sideBySide(rs []*result) string {
 		return fmt.Sprintf("%d (%.2f%%)", r.Counts.Delivered, 100-pct(r.Counts.Sent-r.Counts.Delivered, r.Counts.Sent))
 	})
 	row("not delivered", i(func(r *result) int64 { return r.Counts.Sent - r.Counts.Delivered }))
-	row("to live clients reading: sent, delivered", func(r *result) string {
+	row("to healthy clients (live, never stopped reading): sent, delivered", func(r *result) string {
 		c := r.Counts
 		return fmt.Sprintf("%d, %d (%.3f%%)", c.SentHealthy(), c.DeliveredHealthy(), 100-pct(c.SentHealthy()-c.DeliveredHealthy(), c.SentHealthy()))
 	})
@@ -238,6 +242,7 @@ func sideBySide(rs []*result) string {
 	row("heap cold / baseline / peak / final", four(func(l look) float64 { return l.HeapBytes }, mib))
 	row("goroutines cold / baseline / peak / final", four(func(l look) float64 { return l.Goroutines }, count))
 	row("actors cold / baseline / peak / final", four(func(l look) float64 { return l.Actors }, count))
+	row("registry mailbox peak (messages waiting)", func(r *result) string { return count(r.Peak.RegistryMailbox) })
 	row("connections cold / baseline / peak / final", four(func(l look) float64 { return l.Conns }, count))
 	row("back to baseline after", func(r *result) string {
 		if r.SettledIn < 0 {

@@ -157,6 +157,11 @@ func soak(ctx context.Context, kind harness.Kind, o options) (*result, error) {
 	}
 	r.Baseline = base
 	logf("baseline: %s", gauges(base))
+	// The heap at the baseline, for `go tool pprof -base` against the
+	// final one: what a failed heap check kept, by allocation site.
+	if err := obs.save("/debug/pprof/heap", filepath.Join(o.outDir, string(kind)+"-heap-baseline.pb.gz")); err != nil {
+		logf("heap profile: %v", err)
+	}
 
 	var held []*conn
 	hp := newPopulation(srv.URL(), o.load, logf)
