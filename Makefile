@@ -90,6 +90,7 @@ FUZZ_TARGETS = \
 	./stun/:FuzzParseBindingRequest ./stun/:FuzzServeDatagram \
 	./actors/mesh/:FuzzLinkFrames ./actors/mesh/:FuzzPeerHandshake ./actors/mesh/:FuzzMetaCertKey \
 	./actors/client/:FuzzHandshake ./actors/client/:FuzzClientFrames \
+	./actors/journal/:FuzzJournalReader \
 	./cmd/derpd/:FuzzHTTPRequest ./cmd/derpd/:FuzzWebSocketFrames ./cmd/derpd/:FuzzAdmissionResponse \
 	./cmd/derpd/:FuzzKeyFile ./cmd/derpd/:FuzzMeshKeyFile
 FUZZTIME_CI ?= 10s
