@@ -25,6 +25,11 @@ type Clock interface {
 type Timer interface {
 	// Stop cancels the timer and reports whether it had not fired yet.
 	Stop() bool
+	// Reset makes the timer fire d from now, whether or not it had
+	// fired or been stopped, and reports whether it was pending. A
+	// periodic timer (a keepalive) re-arms itself this way without a
+	// new allocation.
+	Reset(d time.Duration) bool
 }
 
 // RealClock is the wall clock.
@@ -83,6 +88,20 @@ func (t *fakeTimer) Stop() bool {
 	t.done = true
 	t.c.timers = slices.DeleteFunc(t.c.timers, func(x *fakeTimer) bool { return x == t })
 	return true
+}
+
+func (t *fakeTimer) Reset(d time.Duration) bool {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pending := !t.done
+	if pending {
+		c.timers = slices.DeleteFunc(c.timers, func(x *fakeTimer) bool { return x == t })
+	}
+	c.seq++
+	t.when, t.seq, t.done = c.now.Add(d), c.seq, false
+	c.timers = append(c.timers, t)
+	return pending
 }
 
 // Advance moves the clock forward by d, running every timer that falls

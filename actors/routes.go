@@ -124,6 +124,10 @@ func SendWaiting[T any](w *Waiter, q chan<- T, v T, d time.Duration) bool {
 	// be the very queue that is full).
 	w.WakeDeferred()
 	w.Waits++
+	// A time.Timer, not sys.Clock: this is a reader goroutine's wait on
+	// a channel, reused without an allocation under overload. In a test
+	// it runs in a testing/synctest bubble, whose time is as virtual as a
+	// FakeClock's.
 	if w.timer == nil {
 		w.timer = time.NewTimer(d)
 	} else {

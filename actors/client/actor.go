@@ -79,7 +79,7 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		if a.preferred {
 			stats.HomeConns.Add(-1)
 		}
-		reason := logDisconnect(connLog(a.sys, a.conn), m.err, a.closeReason, a.since)
+		reason := logDisconnect(connLog(a.sys, a.conn), m.err, a.closeReason, a.sys.Clock.Now().Sub(a.since))
 		a.recordEnd(m.err, reason)
 		ctx.Stop(ctx.Self())
 	}
@@ -146,7 +146,7 @@ func (a *clientActor) setPreferred(v bool) {
 		stats.HomeConns.Add(-1)
 	}
 	// A client settling on its home right after connecting is not a move.
-	if time.Since(a.since) > homeMoveGrace {
+	if a.sys.Clock.Now().Sub(a.since) > homeMoveGrace {
 		if v {
 			stats.HomeMovesIn.Add(1)
 		} else {

@@ -2,7 +2,6 @@ package client
 
 import (
 	"errors"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -41,7 +40,7 @@ type Outbox struct {
 	// write (so an idle connection costs no stack on the write side), or a
 	// reader writing a lone packet directly.
 	running   atomic.Bool
-	keepAlive *time.Timer // set by Start before any writer runs
+	keepAlive actors.Timer // set by Start before any writer runs
 	kaPeriod  time.Duration
 	kaDue     atomic.Bool
 	startOne  sync.Once
@@ -137,7 +136,7 @@ func NewOutbox(sys *actors.System, conn net.Conn, cfg OutboxConfig) *Outbox {
 type timedWriter struct{ o *Outbox }
 
 func (t timedWriter) Write(b []byte) (int, error) {
-	t.o.writeStart.Store(time.Now().UnixNano())
+	t.o.writeStart.Store(t.o.sys.Clock.Now().UnixNano())
 	n, err := t.o.conn.Write(b)
 	t.o.writeStart.Store(0)
 	return n, err
@@ -401,14 +400,30 @@ func (o *Outbox) Start() {
 		// per-connection jitter (up to 5 s on 60 s) so that clients
 		// connected together by a server restart do not keep their
 		// keepalives in step. The writer re-arms the timer after each one.
-		o.kaPeriod = o.kaInterval + rand.N(o.kaInterval/12+1)
-		o.keepAlive = time.AfterFunc(o.kaPeriod, func() {
+		o.kaPeriod = o.kaInterval + o.keepAliveJitter()
+		o.keepAlive = o.sys.Clock.AfterFunc(o.kaPeriod, func() {
 			o.kaDue.Store(true)
 			o.signal()
 		})
 		o.started.Store(true)
 		o.kick()
 	})
+}
+
+// keepAliveJitter is this connection's share of the keepalive jitter
+// (see Start): drawn from the connection id rather than a random source,
+// so that a run on a fake clock is the same every time, and still spread,
+// since the mix scatters consecutive ids over the whole range.
+func (o *Outbox) keepAliveJitter() time.Duration {
+	var id uint64
+	if o.owner != nil {
+		id = o.owner.ID
+	}
+	z := id + 0x9e3779b97f4a7c15 // splitmix64's finaliser
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	z ^= z >> 31
+	return time.Duration(z % uint64(o.kaInterval/12+1))
 }
 
 // Close stops the writer. Queued packets are counted as dropped because
@@ -591,11 +606,13 @@ func (o *Outbox) hasWork() bool {
 // socket write for longer than a healthy receiver ever takes.
 func (o *Outbox) receiverStalled() bool {
 	start := o.writeStart.Load()
-	return start != 0 && time.Now().UnixNano()-start > int64(actors.StalledWriteAfter)
+	return start != 0 && o.sys.Clock.Now().UnixNano()-start > int64(actors.StalledWriteAfter)
 }
 
 func (o *Outbox) armDeadline() {
 	if o.writeTimeout > 0 {
+		// The wall clock, not sys.Clock: the kernel (or net.Pipe's own
+		// timer) enforces a socket deadline, and knows no other time.
 		o.conn.SetWriteDeadline(time.Now().Add(o.writeTimeout))
 	}
 }
@@ -635,7 +652,7 @@ func (o *Outbox) flushed(frames int) {
 	}
 	stats.AddSent(&o.sent)
 	if o.oldest != 0 {
-		stats.NoteQueueDelay(float64(time.Now().UnixNano()-o.oldest) / 1e6)
+		stats.NoteQueueDelay(float64(o.sys.Clock.Now().UnixNano()-o.oldest) / 1e6)
 		o.oldest = 0
 	}
 }

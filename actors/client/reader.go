@@ -112,7 +112,7 @@ func (r *reader) run() error {
 			}
 		}
 		if idle {
-			r.now = time.Now().UnixNano()
+			r.now = r.sys.Clock.Now().UnixNano()
 		}
 		if r.conn.NoteActivity.Load() {
 			r.claimReceiver()
@@ -182,7 +182,8 @@ func (r *reader) awaitGreeting() error {
 		return nil
 	default:
 	}
-	t := time.NewTimer(HandshakeTimeout)
+	expired := make(chan struct{})
+	t := r.sys.Clock.AfterFunc(HandshakeTimeout, func() { close(expired) })
 	defer t.Stop()
 	select {
 	case <-r.outbox.Greeted():
@@ -190,7 +191,7 @@ func (r *reader) awaitGreeting() error {
 		return nil
 	case <-r.outbox.Finished():
 		return errNotGreeted
-	case <-t.C:
+	case <-expired:
 		// The registry has not answered in a handshake's time: it is
 		// overloaded, and this connection is better closed than served.
 		return fmt.Errorf("registration not confirmed within %v", HandshakeTimeout)
@@ -415,7 +416,7 @@ func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded boo
 		if r.notHere == nil {
 			r.notHere = rate.NewLimiter(rate.Every(notHereRate), notHereBurst)
 		}
-		if r.notHere.Allow() {
+		if r.notHere.AllowN(r.sys.Clock.Now(), 1) {
 			r.outbox.QueuePeerGone(dst, wire.PeerGoneNotHere)
 		}
 	}

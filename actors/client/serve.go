@@ -46,7 +46,11 @@ type Accepted struct {
 func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	log := sys.Log.With().Str("addr", a.Addr.String()).Logger()
 	conn := a.Conn
+	// The handshake's deadline is on the wall clock, which is the only
+	// time the socket (and the admission context below) knows; when the
+	// connection began, for the actors, is on sys.Clock.
 	start := time.Now()
+	since := sys.Clock.Now()
 	conn.SetDeadline(start.Add(HandshakeTimeout))
 	key, info, shared, rd, err := handshake(cfg, a)
 	canMesh := err == nil && isMesh(cfg, info)
@@ -103,7 +107,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 		Addr:    a.Addr,
 		Flags:   presentFlags(canMesh, info.IsProber, a.NotIdeal),
 		CanMesh: canMesh,
-		Since:   start,
+		Since:   since,
 	}
 	writeTimeout := cfg.WriteTimeout
 	if canMesh {
@@ -122,7 +126,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 		panic("client: ServerInfo: " + err.Error()) // JSON of a fixed struct
 	}
 
-	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, since: start, serverInfo: si}
+	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, since: since, serverInfo: si}
 	props, mbox := sys.Props(actors.ActorClient, func() actor.Actor { return ca })
 	c.Mailbox = mbox
 	c.PID = sys.Root.SpawnPrefix(props, "client")
@@ -265,7 +269,7 @@ func isBenign(err error) bool {
 // logDisconnect writes the one line an operator sees when a client leaves.
 // closeReason is why the server closed the connection, if it did: the
 // reader's error then only says that the socket was closed.
-func logDisconnect(log *zerolog.Logger, err error, closeReason string, since time.Time) string {
+func logDisconnect(log *zerolog.Logger, err error, closeReason string, lasted time.Duration) string {
 	ev := log.Info()
 	reason := "closed"
 	switch {
@@ -286,6 +290,6 @@ func logDisconnect(log *zerolog.Logger, err error, closeReason string, since tim
 	if closeReason != "" {
 		ev = ev.Str("close_reason", closeReason)
 	}
-	ev.Str("reason", reason).Dur("duration", time.Since(since)).Msg("client disconnected")
+	ev.Str("reason", reason).Dur("duration", lasted).Msg("client disconnected")
 	return reason
 }

@@ -47,10 +47,17 @@ const linkStalledAfter = 10 * time.Millisecond
 type stampedConn struct {
 	net.Conn
 	writeStart atomic.Int64 // Unix nanoseconds; 0 between writes
+	// clock stamps writeStart: the system's, set by newOutbox before
+	// the link's writer starts; the wall clock before then (the dial).
+	clock actors.Clock
 }
 
 func (c *stampedConn) Write(b []byte) (int, error) {
-	c.writeStart.Store(time.Now().UnixNano())
+	if c.clock != nil {
+		c.writeStart.Store(c.clock.Now().UnixNano())
+	} else {
+		c.writeStart.Store(time.Now().UnixNano())
+	}
 	n, err := c.Conn.Write(b)
 	c.writeStart.Store(0)
 	return n, err
@@ -146,6 +153,11 @@ func newOutbox(sys *actors.System, conn net.Conn, sock *stampedConn, depth int) 
 		finished: make(chan struct{}),
 	}
 	o.w = wire.NewWriter(conn, 0)
+	if sock != nil {
+		// The dial is over and the writer not yet started: nothing
+		// writes through sock meanwhile.
+		sock.clock = sys.Clock
+	}
 	return o
 }
 
@@ -226,7 +238,7 @@ func (o *outbox) afterQueue() {
 
 func (o *outbox) stalled() bool {
 	start := o.sock.writeStart.Load()
-	return start != 0 && time.Now().UnixNano()-start > int64(linkStalledAfter)
+	return start != 0 && o.sys.Clock.Now().UnixNano()-start > int64(linkStalledAfter)
 }
 
 // queuePing asks the writer to send a Ping carrying data.
@@ -292,6 +304,8 @@ func (o *outbox) run() {
 	}
 }
 
+// armDeadline uses the wall clock, not sys.Clock: the kernel enforces a
+// socket deadline and knows no other time.
 func (o *outbox) armDeadline() { o.conn.SetWriteDeadline(time.Now().Add(linkWriteTimeout)) }
 
 func (o *outbox) write(it queued) {

@@ -121,6 +121,7 @@ func (s *session) readLoop() error {
 				}
 				batch = nil
 			}
+			// The wall clock: the kernel enforces the deadline.
 			conn.SetReadDeadline(time.Now().Add(linkReadTimeout))
 		}
 		t, n, err := rd.ReadHeader()

@@ -9,6 +9,7 @@ package registry
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -145,13 +146,15 @@ func New(sys *actors.System, serverKey wire.NodePublic, opts ...Option) *Registr
 // emptied and the gauges it keeps are zeroed. Connections registering
 // meanwhile are simply the first entries of the new tables.
 func (r *Registry) Recover(ctx actor.Context, reason any) {
-	for c := range r.conns {
+	// In connection and session order, as every fan-out: a run on a
+	// stepped system is then the same every time.
+	for _, c := range sortedConns(r.conns) {
 		if c != nil && c.PID != nil {
 			ctx.Send(c.PID, &actors.CloseConn{Reason: "the registry recovered from an internal error"})
 		}
 	}
-	for _, s := range r.sessions {
-		if s != nil && s.owner != nil {
+	for _, id := range slices.Sorted(maps.Keys(r.sessions)) {
+		if s := r.sessions[id]; s != nil && s.owner != nil {
 			ctx.Send(s.owner, &actors.RegistryRestarted{})
 		}
 	}
@@ -217,7 +220,7 @@ func (r *Registry) Receive(ctx actor.Context) {
 	case *actors.MeshLinkDown:
 		r.linkDown(ctx, m.Link)
 	case *actors.CloseAll:
-		for c := range r.conns {
+		for _, c := range sortedConns(r.conns) {
 			ctx.Send(c.PID, &actors.CloseConn{Reason: m.Reason, Flush: m.Flush})
 		}
 	case *actors.RestartAll:
@@ -398,12 +401,14 @@ func (r *Registry) goneFromRegion(ctx actor.Context, k wire.NodePublic) {
 	delete(r.recipients, k)
 }
 
-// sortedConns returns a set's connections by connection id, so that a
+// sortedConns returns a map's connections by connection id, so that a
 // fan-out goes in the same order on every run.
-func sortedConns(set map[*actors.Conn]struct{}) []*actors.Conn {
+func sortedConns[V any](set map[*actors.Conn]V) []*actors.Conn {
 	out := make([]*actors.Conn, 0, len(set))
 	for c := range set {
-		out = append(out, c)
+		if c != nil { // never there; Recover must not panic on one
+			out = append(out, c)
+		}
 	}
 	slices.SortFunc(out, func(a, b *actors.Conn) int { return cmp.Compare(a.ID, b.ID) })
 	return out
@@ -514,9 +519,17 @@ func (r *Registry) watch(ctx actor.Context, c *actors.Conn) {
 		r.watchers[c] = struct{}{}
 		r.sys.Stats.Watchers.Add(1)
 	}
-	updates := make([]actors.PeerPresence, 0, len(r.keys))
+	// The snapshot lists the keys in the order of the connections that
+	// announce them, not the map's, so a watcher's frames are the same
+	// on every run.
+	active := make([]*actors.Conn, 0, len(r.keys))
 	for _, ks := range r.keys {
-		updates = append(updates, present(ks.active.conn))
+		active = append(active, ks.active.conn)
+	}
+	slices.SortFunc(active, func(a, b *actors.Conn) int { return cmp.Compare(a.ID, b.ID) })
+	updates := make([]actors.PeerPresence, 0, len(active))
+	for _, c := range active {
+		updates = append(updates, present(c))
 	}
 	ctx.Send(c.PID, &actors.SendPeerPresence{Updates: updates})
 }

@@ -326,6 +326,7 @@ func (v *Verifier) Lookup(ctx context.Context, key wire.NodePublic) Verdict {
 func (v *Verifier) ask(ctx context.Context, m *Verify) Verdict {
 	wait := lookupWait
 	if d, ok := ctx.Deadline(); ok {
+		// The wall clock: a context's deadline is on it.
 		wait = time.Until(d)
 	}
 	if wait <= 0 {
