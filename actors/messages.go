@@ -68,15 +68,68 @@ type ClosePeer struct {
 	Target wire.NodePublic
 }
 
-// Delivered says Receiver was sent its first packet from Source. The
-// registry remembers it so that Receiver hears PeerGone when Source leaves.
+// Delivered says Receiver was written its first packets from the sources
+// it lists, so that the registry can make Receiver hear PeerGone when one
+// of them leaves. It is a doorbell, not one report per source: a
+// connection's outbox collects first deliveries in a list of its own and
+// sends a Delivered with no Sources only when that list was empty, so
+// however fast packets from new sources come, one Delivered per receiver
+// waits in the registry's mailbox. The registry calls Take, which moves
+// the whole list into Sources (and so lets the next first delivery ring
+// again).
+//
+// A sender may also fill Sources itself (a test, or a replay with no
+// outbox behind Receiver); Take then leaves them as they are. Sources is
+// plain values, so once Take has run the message is Receiver's connection
+// id plus a list of keys and bits: a recorder of delivered messages calls
+// Take before it encodes one.
+//
+// Delivered has a lower priority than every other message to the registry
+// (GetPriority): it is bookkeeping for a later PeerGone, and must not
+// delay registrations behind it. The reorderings that allows are handled
+// in the registry (see registry.delivered).
 type Delivered struct {
 	Receiver *Conn
-	Source   wire.NodePublic
+	Sources  []DeliveredSource
+}
+
+// DeliveredSource is one source of a Delivered.
+type DeliveredSource struct {
+	Source wire.NodePublic
 	// Forwarded: the packet came in from a mesh peer, so its source is
 	// connected elsewhere in the region and being unknown here does not
 	// mean it has left.
 	Forwarded bool
+}
+
+// DeliveredPriority is Delivered's place in a priority mailbox: below
+// protoactor's default, which every other registry message has.
+const DeliveredPriority = actor.DefaultPriority - 1
+
+// GetPriority implements actor.PriorityMessage.
+func (*Delivered) GetPriority() int8 { return DeliveredPriority }
+
+// DeliveredTaker is a receiver's sink that keeps the first deliveries a
+// Delivered rings for (the client outbox does).
+type DeliveredTaker interface {
+	// TakeDelivered returns every first delivery collected since the last
+	// call, in the order written, and empties the list: the next one
+	// rings the doorbell again. The caller owns the slice.
+	TakeDelivered() []DeliveredSource
+}
+
+// Take fills Sources, unless the sender did, from Receiver's sink, and
+// returns them. Only the registry's goroutine (or a recorder running in
+// its receive path) calls it. Calling it twice is harmless: a second call
+// that finds Sources still empty takes whatever was rung for since, and
+// the Delivered rung for those then finds nothing.
+func (m *Delivered) Take() []DeliveredSource {
+	if len(m.Sources) == 0 && m.Receiver != nil {
+		if t, ok := m.Receiver.Sink.(DeliveredTaker); ok {
+			m.Sources = t.TakeDelivered()
+		}
+	}
+	return m.Sources
 }
 
 // Messages to a client actor.

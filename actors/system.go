@@ -96,12 +96,27 @@ func NewSystem(log zerolog.Logger, opts ...Option) *System {
 // way. The MailboxStats count the messages of the one actor spawned from
 // these props (spawn a new Props for each actor).
 func (s *System) Props(kind ActorKind, p actor.Producer, opts ...actor.PropsOption) (*actor.Props, *MailboxStats) {
+	return s.props(kind, p, actor.Unbounded, opts)
+}
+
+// PriorityProps is Props with a priority mailbox, counted the same way:
+// messages that implement actor.PriorityMessage are taken highest
+// priority first, each priority in the order posted, and the rest have
+// actor.DefaultPriority. The registry uses it so that its bookkeeping
+// (Delivered) never holds up registrations. Only a message posted as is
+// has its priority: one sent as a request travels in an envelope and gets
+// the default.
+func (s *System) PriorityProps(kind ActorKind, p actor.Producer, opts ...actor.PropsOption) (*actor.Props, *MailboxStats) {
+	return s.props(kind, p, actor.UnboundedPriority, opts)
+}
+
+func (s *System) props(kind ActorKind, p actor.Producer, mailbox func(...actor.MailboxMiddleware) actor.MailboxProducer, opts []actor.PropsOption) (*actor.Props, *MailboxStats) {
 	ks := s.kinds[kind]
 	if ks == nil {
 		panic("actors: Props for an unknown actor kind " + string(kind))
 	}
 	stats := &MailboxStats{Kind: kind, kind: ks}
-	opts = append(opts, actor.WithMailbox(actor.Unbounded(mailboxCounter{stats})))
+	opts = append(opts, actor.WithMailbox(mailbox(mailboxCounter{stats})))
 	if s.dispatcher != nil {
 		opts = append(opts, actor.WithDispatcher(s.dispatcher))
 	}

@@ -125,12 +125,13 @@ func TestServeClientActorPanicClosesTheConnection(t *testing.T) {
 	}
 }
 
-// deliveredCounter stands in for the registry and counts Delivered.
+// deliveredCounter stands in for the registry and counts the sources
+// Delivered reports.
 type deliveredCounter struct{ n int }
 
 func (d *deliveredCounter) Receive(ctx actor.Context) {
-	if _, ok := ctx.Message().(*actors.Delivered); ok {
-		d.n++
+	if m, ok := ctx.Message().(*actors.Delivered); ok {
+		d.n += len(m.Take())
 	}
 }
 
@@ -147,7 +148,7 @@ func TestOutboxForgetsSourcesAtItsBound(t *testing.T) {
 	defer ours.Close()
 	defer theirs.Close()
 	o := NewOutbox(sys, ours, OutboxConfig{})
-	o.owner = &actors.Conn{ID: 1}
+	o.owner = &actors.Conn{ID: 1, Sink: o}
 	src := func(i int) wire.NodePublic {
 		var k wire.NodePublic
 		k[0], k[1], k[31] = byte(i>>8), byte(i), 1
@@ -155,6 +156,9 @@ func TestOutboxForgetsSourcesAtItsBound(t *testing.T) {
 	}
 	for i := range maxSeenSources + 5 {
 		o.noteSource(src(i), true)
+		if i%1000 == 0 {
+			d.RunUntilIdle() // the registry takes the reports now and then
+		}
 	}
 	o.noteSource(src(0), true) // forgotten at the bound, so reported again
 	d.RunUntilIdle()

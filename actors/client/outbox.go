@@ -74,6 +74,16 @@ type Outbox struct {
 	pong        [wire.PingDataLen]byte
 	pongPending bool
 
+	// deliveredMu guards delivered: the first deliveries the registry has
+	// not taken yet (see noteSource). It is a handoff buffer between the
+	// writer and the registry, as ctrl is one between actors and the
+	// writer, not actor state: the writer runs outside any actor and must
+	// not wait for one, and the registry empties it whole when it gets to
+	// it, so neither side ever holds the lock for more than an append or
+	// a slice swap.
+	deliveredMu sync.Mutex
+	delivered   []actors.DeliveredSource
+
 	// Owned by whoever holds the writer's slot (see running): the writer
 	// goroutine, or a reader writing a lone packet directly.
 	spare    []ctrlFrame
@@ -676,20 +686,35 @@ func (o *Outbox) writePacket(p *wire.Packet) {
 	p.Release()
 }
 
-// noteSource tells the registry the first time this connection is sent a
-// packet from src, so that it hears PeerGone when src leaves.
 // maxSeenSources bounds the sources an outbox remembers having reported:
 // about 0.5 MiB for a receiver hearing from that many.
 const maxSeenSources = 8192
 
+// maxPendingDelivered bounds the first deliveries waiting for the
+// registry to take them (33 bytes each, about 270 KiB at the bound, under
+// what seen costs). It is only reached when the registry is that far
+// behind on one connection; past it, a new source is left unreported
+// (and unmarked, so that its next packet tries again) rather than grow
+// the list.
+const maxPendingDelivered = maxSeenSources
+
+// noteSource tells the registry the first time this connection is sent a
+// packet from src, so that it hears PeerGone when src leaves. The report
+// goes into the delivered list, and the registry hears of the list only
+// when this report makes it non-empty: one Delivered per connection waits
+// in its mailbox, not one per source, whatever the packet rate.
 func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 	if o.haveLast && src == o.lastSrc {
 		return
 	}
-	o.lastSrc, o.haveLast = src, true
 	if _, ok := o.seen[src]; ok {
+		o.lastSrc, o.haveLast = src, true
 		return
 	}
+	if !o.reportDelivered(src, forwarded) {
+		return
+	}
+	o.lastSrc, o.haveLast = src, true
 	if o.seen == nil || len(o.seen) >= maxSeenSources {
 		// Start over rather than grow without bound: a mesh peer can
 		// forward packets from any number of made-up sources, which
@@ -700,7 +725,36 @@ func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
 	}
 	o.seen[src] = struct{}{}
 	o.owner.UniqueSenders.Store(int64(len(o.seen)))
-	o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner, Source: src, Forwarded: forwarded})
+}
+
+// reportDelivered adds src to the delivered list and rings the
+// registry's doorbell if the list was empty. It reports false, and adds
+// nothing, when the list is full.
+func (o *Outbox) reportDelivered(src wire.NodePublic, forwarded bool) bool {
+	o.deliveredMu.Lock()
+	n := len(o.delivered)
+	if n >= maxPendingDelivered {
+		o.deliveredMu.Unlock()
+		return false
+	}
+	o.delivered = append(o.delivered, actors.DeliveredSource{Source: src, Forwarded: forwarded})
+	o.deliveredMu.Unlock()
+	if n == 0 {
+		// The list was empty, so no Delivered for it is on its way: the
+		// registry takes the list whole when it handles this one.
+		o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner})
+	}
+	return true
+}
+
+// TakeDelivered implements actors.DeliveredTaker: the registry's side of
+// the delivered list.
+func (o *Outbox) TakeDelivered() []actors.DeliveredSource {
+	o.deliveredMu.Lock()
+	taken := o.delivered
+	o.delivered = nil
+	o.deliveredMu.Unlock()
+	return taken
 }
 
 // writeCtrl writes every waiting control frame and reports whether they

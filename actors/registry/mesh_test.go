@@ -152,8 +152,8 @@ func TestKeyLeavingTheRegionSendsPeerGoneOnlyToItsReceivers(t *testing.T) {
 	b := h.connect(key(10), false)
 	c := h.connect(key(11), false)
 	// b received from both remote keys; c from nobody.
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1), Forwarded: true})
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(2), Forwarded: true})
+	h.send(delivered(b.conn, key(1), true))
+	h.send(delivered(b.conn, key(2), true))
 
 	h.update(1, false, key(1)) // gone from the region
 	if got := peerGones(b.take()); fmt.Sprint(got) != fmt.Sprint([]actors.SendPeerGone{{Peer: key(1), Reason: wire.PeerGoneDisconnected}}) {
@@ -178,7 +178,7 @@ func TestSessionGoingDownWithdrawsAllItsKeysAtOnce(t *testing.T) {
 	local := h.connect(key(3), false) // key 3 is also connected here
 	b := h.connect(key(10), false)
 	for _, k := range []wire.NodePublic{key(1), key(2), key(3)} {
-		h.send(&actors.Delivered{Receiver: b.conn, Source: k, Forwarded: true})
+		h.send(delivered(b.conn, k, true))
 	}
 	h.wantCounters("created=1 deleted=0 delete_other=0 remote=2")
 
@@ -216,7 +216,7 @@ func TestLocalWinsAndLocalDepartureFallsBackToTheMesh(t *testing.T) {
 	a := h.connect(key(1), false)
 	h.update(1, true, key(1))
 	b := h.connect(key(10), false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.send(delivered(b.conn, key(1), false))
 	if r := h.sys.Routes.Lookup(key(1)); r == nil || r.Local != a.sink || r.Forward != f1 {
 		t.Fatalf("route %+v, want local A and session 1", r)
 	}
@@ -249,7 +249,7 @@ func TestClientMovingToAPeerIsFollowed(t *testing.T) {
 			f1 := h.linkUp(1)
 			a := h.connect(key(1), false)
 			b := h.connect(key(10), false)
-			h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+			h.send(delivered(b.conn, key(1), false))
 			if announceFirst {
 				h.update(1, true, key(1))
 				h.send(&actors.Unregister{Conn: a.conn})
@@ -402,7 +402,7 @@ func TestRandomMeshChurnStaysConsistent(t *testing.T) {
 				case op < 5:
 					f := live[rng.IntN(len(live))]
 					src, fwd := randKey(), rng.IntN(2) == 0
-					h.send(&actors.Delivered{Receiver: f.conn, Source: src, Forwarded: fwd})
+					h.send(delivered(f.conn, src, fwd))
 					if !fwd && !before[src] {
 						expect[f] = append(expect[f], src)
 					} else {

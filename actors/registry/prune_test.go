@@ -34,12 +34,12 @@ func TestMadeUpForwardedSourcesAreForgotten(t *testing.T) {
 	h.linkUp(1)
 	late, local := key(50), key(51)
 	for i := range 100 {
-		h.send(&actors.Delivered{Receiver: b.conn, Source: key(byte(100 + i)), Forwarded: true})
+		h.send(delivered(b.conn, key(byte(100+i)), true))
 	}
-	h.send(&actors.Delivered{Receiver: b.conn, Source: late, Forwarded: true})
+	h.send(delivered(b.conn, late, true))
 	h.update(1, true, late) // its announcement arrives after its packet
 	h.connect(local, false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: local})
+	h.send(delivered(b.conn, local, false))
 	if n := len(h.r.conns[b.conn].heardFrom); n != 102 {
 		t.Fatalf("receiver heard from %d sources, want 102", n)
 	}
@@ -70,7 +70,7 @@ func TestUnknownSourcesOnProbationAreBounded(t *testing.T) {
 	for i := range maxUnknownSources + 10 {
 		var k wire.NodePublic
 		k[0], k[1], k[2], k[31] = byte(i>>16), byte(i>>8), byte(i), 0x77
-		h.sys.Send(h.reg, &actors.Delivered{Receiver: b.conn, Source: k, Forwarded: true})
+		h.sys.Send(h.reg, delivered(b.conn, k, true))
 	}
 	h.d.RunUntilIdle()
 	if n := len(h.r.unknownSources); n != maxUnknownSources {

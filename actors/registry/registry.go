@@ -180,7 +180,10 @@ func (r *Registry) Recover(ctx actor.Context, reason any) {
 
 // Props returns the props that spawn r.
 func (r *Registry) Props() *actor.Props {
-	props, mbox := r.sys.Props(actors.ActorRegistry, func() actor.Actor { return r })
+	// A priority mailbox, with Delivered below everything else: under
+	// load the bookkeeping for PeerGone waits, not new connections (see
+	// delivered for what that reorders).
+	props, mbox := r.sys.PriorityProps(actors.ActorRegistry, func() actor.Actor { return r })
 	r.mbox = mbox
 	return props
 }
@@ -414,39 +417,77 @@ func sortedConns[V any](set map[*actors.Conn]V) []*actors.Conn {
 	return out
 }
 
+// delivered records that m.Receiver was sent packets from m's sources.
+//
+// Delivered is a doorbell: it takes the receiver's whole list of first
+// deliveries at once (m.Take), so one message stands for every source
+// reported since the last one. It also has the lowest priority in the
+// registry's mailbox (see Props), so it may be handled after messages
+// posted after it. Each reordering that allows ends as the order of
+// posting would have:
+//   - after the receiver's Unregister: the receiver is unknown, and its
+//     sources are dropped, as the Unregister would have dropped them;
+//   - after the source's Unregister (its last connection, and no mesh
+//     link announces it): the source is not here, so the receiver, which
+//     goneFromRegion could not know of, is sent PeerGone at once;
+//   - after the source's Unregister and its Register again: the receiver
+//     is recorded as hearing from the new connection and hears PeerGone
+//     when that one leaves. The PeerGone for the brief absence is not
+//     sent; it would only have said that the key was gone from a server
+//     where it is back. (In posting order this happened already, to a
+//     packet written after the key came back from a connection's queue.)
+//   - after a mesh link withdrew a forwarded source: the source goes on
+//     probation as any forwarded source unknown to the region, and is
+//     forgotten by the sweep without PeerGone; a later packet to it is
+//     answered PeerGone(not here).
+//   - after a registry Recover: no connection is known, as above.
+//
+// Registrations (and every other message) are never held up by this
+// bookkeeping, which is the point: a backlog of Delivered once held new
+// clients' ServerInfo for over 15 s. The other side of it is that a
+// steady flood of other messages holds Delivered back; what that costs
+// is bounded, as each connection's list is (maxPendingDelivered), and
+// one Delivered per connection waits in the mailbox.
 func (r *Registry) delivered(ctx actor.Context, m *actors.Delivered) {
+	sources := m.Take() // first: the receiver's next first delivery rings again
 	cs, ok := r.conns[m.Receiver]
 	if !ok {
 		return
 	}
-	if _, here := r.keys[m.Source]; !here && !m.Forwarded && len(r.forwarders[m.Source]) == 0 {
+	for _, s := range sources {
+		r.deliveredFrom(ctx, cs, s)
+	}
+}
+
+func (r *Registry) deliveredFrom(ctx actor.Context, cs *connState, s actors.DeliveredSource) {
+	if _, here := r.keys[s.Source]; !here && !s.Forwarded && len(r.forwarders[s.Source]) == 0 {
 		// The source left while its packet was queued: the receiver has
 		// already missed the PeerGone it would have had. (A packet a mesh
 		// peer forwarded comes from a key connected elsewhere; it is only
 		// recorded, and PeerGone follows if the key ever leaves here.)
-		ctx.Send(m.Receiver.PID, &actors.SendPeerGone{Peer: m.Source, Reason: wire.PeerGoneDisconnected})
+		ctx.Send(cs.conn.PID, &actors.SendPeerGone{Peer: s.Source, Reason: wire.PeerGoneDisconnected})
 		return
 	}
-	if m.Forwarded && !r.inRegion(m.Source) {
-		if _, ok := r.unknownSources[m.Source]; !ok {
+	if s.Forwarded && !r.inRegion(s.Source) {
+		if _, ok := r.unknownSources[s.Source]; !ok {
 			if len(r.unknownSources) >= maxUnknownSources {
 				r.sys.Stats.UnknownSourcesIgnored.Add(1)
 				return
 			}
-			r.unknownSources[m.Source] = r.sys.Clock.Now()
+			r.unknownSources[s.Source] = r.sys.Clock.Now()
 			r.armSweep(ctx)
 		}
 	}
-	set := r.recipients[m.Source]
+	set := r.recipients[s.Source]
 	if set == nil {
 		set = make(map[*actors.Conn]struct{})
-		r.recipients[m.Source] = set
+		r.recipients[s.Source] = set
 	}
-	set[m.Receiver] = struct{}{}
+	set[cs.conn] = struct{}{}
 	if cs.heardFrom == nil {
 		cs.heardFrom = make(map[wire.NodePublic]struct{})
 	}
-	cs.heardFrom[m.Source] = struct{}{}
+	cs.heardFrom[s.Source] = struct{}{}
 }
 
 // Unknown forwarded sources are forgotten once unknown for

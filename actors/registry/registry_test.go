@@ -30,8 +30,8 @@ func newHarness(t *testing.T) *harness {
 	return newHarnessWith(t, actors.NewStepDispatcher())
 }
 
-func newHarnessWith(t *testing.T, d *actors.StepDispatcher) *harness {
-	sys := actors.NewSystem(zerolog.Nop(), actors.WithDispatcher(d))
+func newHarnessWith(t *testing.T, d *actors.StepDispatcher, opts ...actors.Option) *harness {
+	sys := actors.NewSystem(zerolog.Nop(), append([]actors.Option{actors.WithDispatcher(d)}, opts...)...)
 	self := key(0xee)
 	h := &harness{t: t, d: d, sys: sys, self: self}
 	h.r = New(sys, self)
@@ -71,7 +71,10 @@ func (f *fakeClient) take() []any {
 	return got
 }
 
-type fakeSink struct{ name string }
+type fakeSink struct {
+	name    string
+	pending []actors.DeliveredSource // first deliveries not yet taken (see harness.ring)
+}
 
 func (*fakeSink) SendPacket(p *wire.Packet, _ *actors.Waiter) { p.Release() }
 
@@ -81,8 +84,20 @@ func key(b byte) wire.NodePublic {
 	return k
 }
 
+// delivered is the Delivered a sender fills itself: one source.
+func delivered(to *actors.Conn, src wire.NodePublic, forwarded bool) *actors.Delivered {
+	return &actors.Delivered{Receiver: to, Sources: []actors.DeliveredSource{{Source: src, Forwarded: forwarded}}}
+}
+
 // connect makes a fake client for k and registers it.
 func (h *harness) connect(k wire.NodePublic, mesh bool) *fakeClient {
+	f := h.newClient(k, mesh)
+	h.send(&actors.Register{Conn: f.conn})
+	return f
+}
+
+// newClient makes a fake client for k without registering it.
+func (h *harness) newClient(k wire.NodePublic, mesh bool) *fakeClient {
 	h.ids++
 	f := &fakeClient{sink: &fakeSink{name: fmt.Sprint(h.ids)}}
 	props, _ := h.sys.Props(actors.ActorClient, func() actor.Actor { return f })
@@ -95,7 +110,6 @@ func (h *harness) connect(k wire.NodePublic, mesh bool) *fakeClient {
 		ID: h.ids, Key: k, PID: pid, Sink: f.sink, CanMesh: mesh, Flags: flags,
 		Addr: netip.MustParseAddrPort(fmt.Sprintf("192.0.2.%d:%d", h.ids%250+1, 40000+h.ids)),
 	}
-	h.send(&actors.Register{Conn: f.conn})
 	return f
 }
 
@@ -254,7 +268,7 @@ func TestPeerGoneGoesOnlyToThoseWhoHeardFromThePeer(t *testing.T) {
 	a := h.connect(key(1), false)
 	b := h.connect(key(2), false)
 	c := h.connect(key(3), false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.send(delivered(b.conn, key(1), false))
 	h.send(&actors.Unregister{Conn: a.conn})
 	got := peerGones(b.take())
 	want := []actors.SendPeerGone{{Peer: key(1), Reason: wire.PeerGoneDisconnected}}
@@ -279,7 +293,7 @@ func TestNoPeerGoneWhenOneOfSeveralDuplicatesLeaves(t *testing.T) {
 	a1 := h.connect(key(1), false)
 	h.connect(key(1), false)
 	b := h.connect(key(2), false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.send(delivered(b.conn, key(1), false))
 	h.send(&actors.Unregister{Conn: a1.conn})
 	if got := b.take(); len(got) != 0 {
 		t.Fatalf("key 1 is still here, but B got %v", got)
@@ -291,7 +305,7 @@ func TestDeliveredFromDepartedSourceAnswersAtOnce(t *testing.T) {
 	b := h.connect(key(2), false)
 	// The packet from key 1 was queued before key 1 left; the writer only
 	// now reports it.
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.send(delivered(b.conn, key(1), false))
 	got := peerGones(b.take())
 	if len(got) != 1 || got[0].Peer != key(1) || got[0].Reason != wire.PeerGoneDisconnected {
 		t.Fatalf("B got %v, want one PeerGone(key 1, disconnected)", got)
@@ -304,7 +318,7 @@ func TestDeliveredFromDepartedSourceAnswersAtOnce(t *testing.T) {
 func TestDeliveredFromMeshSourceIsOnlyRecorded(t *testing.T) {
 	h := newHarness(t)
 	b := h.connect(key(2), false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1), Forwarded: true})
+	h.send(delivered(b.conn, key(1), true))
 	if got := peerGones(b.take()); len(got) != 0 {
 		t.Fatalf("B got %v for a packet forwarded from key 1, want nothing", got)
 	}
@@ -324,7 +338,7 @@ func TestRecipientLeavingIsForgotten(t *testing.T) {
 	h := newHarness(t)
 	a := h.connect(key(1), false)
 	b := h.connect(key(2), false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.send(delivered(b.conn, key(1), false))
 	h.send(&actors.Unregister{Conn: b.conn})
 	if n := len(h.r.recipients[key(1)]); n != 0 {
 		t.Fatalf("departed B still listed as a recipient of A (%d entries)", n)
@@ -465,7 +479,7 @@ func TestCheckReportsCorruptState(t *testing.T) {
 			a := h.connect(key(1), false)
 			h.connect(key(1), false) // a duplicate, so the dup gauges are not 0
 			b := h.connect(key(2), false)
-			h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+			h.send(delivered(b.conn, key(1), false))
 			h.mustBeConsistent()
 			tc.corrupt(h, a, b) // the dispatcher is idle: nothing else runs
 			problems := h.problems()
@@ -504,7 +518,7 @@ func TestRandomChurnStaysConsistent(t *testing.T) {
 					h.send(&actors.Activity{Conn: f.conn})
 				case op < 9:
 					r := live[rng.IntN(len(live))]
-					h.send(&actors.Delivered{Receiver: r.conn, Source: key(byte(rng.IntN(6) + 1))})
+					h.send(delivered(r.conn, key(byte(rng.IntN(6)+1)), false))
 				default:
 					f := live[rng.IntN(len(live))]
 					h.send(&actors.WatchConns{Conn: f.conn})
@@ -540,7 +554,7 @@ func TestConnAndPeerQueries(t *testing.T) {
 	w := h.connect(key(9), true)
 	h.send(&actors.WatchConns{Conn: w.conn})
 	b := h.connect(key(2), false)
-	h.send(&actors.Delivered{Receiver: b.conn, Source: key(1)})
+	h.send(delivered(b.conn, key(1), false))
 	h.linkUp(1)
 	h.update(1, true, key(1))
 

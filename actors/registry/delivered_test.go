@@ -1,0 +1,223 @@
+package registry
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+)
+
+// TakeDelivered implements actors.DeliveredTaker as the client outbox
+// does.
+func (s *fakeSink) TakeDelivered() []actors.DeliveredSource {
+	taken := s.pending
+	s.pending = nil
+	return taken
+}
+
+// ring reports that f's connection was written its first packet from src
+// as its outbox does: onto the connection's list, with a bare Delivered
+// posted (not run) only when the list was empty.
+func (h *harness) ring(f *fakeClient, src wire.NodePublic, forwarded bool) {
+	f.sink.pending = append(f.sink.pending, actors.DeliveredSource{Source: src, Forwarded: forwarded})
+	if len(f.sink.pending) == 1 {
+		h.sys.Send(h.reg, &actors.Delivered{Receiver: f.conn})
+	}
+}
+
+// post posts msg to the registry without running it.
+func (h *harness) post(msg any) { h.sys.Send(h.reg, msg) }
+
+// TestRegisterOvertakesDeliveredBacklog: thousands of Delivered posted
+// before a Register, an Unregister and a WatchConns wait for them, so a
+// new connection's ServerInfo does not wait for PeerGone bookkeeping; the
+// mailbox's counts still see every message.
+func TestRegisterOvertakesDeliveredBacklog(t *testing.T) {
+	var order []string
+	record := func(next actor.ReceiverFunc) actor.ReceiverFunc {
+		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			if ctx.Self().Id == "registry" {
+				order = append(order, fmt.Sprintf("%T", env.Message))
+			}
+			next(ctx, env)
+		}
+	}
+	h := newHarnessWith(t, actors.NewStepDispatcher(), actors.WithReceiverMiddleware(record))
+	a := h.connect(key(1), false)
+	b := h.connect(key(2), false)
+	leaving := h.connect(key(3), false)
+	mesh := h.connect(key(4), true)
+	const backlog = 5000
+	for range backlog {
+		h.post(delivered(b.conn, key(1), false))
+	}
+	newcomer := h.newClient(key(5), false)
+	h.post(&actors.Register{Conn: newcomer.conn})
+	h.post(&actors.Unregister{Conn: leaving.conn})
+	h.post(&actors.WatchConns{Conn: mesh.conn})
+	if got := h.r.mbox.Depth(); got != backlog+3 {
+		t.Fatalf("registry mailbox depth %d, want %d", got, backlog+3)
+	}
+	order = nil
+	h.d.RunUntilIdle()
+	if len(order) != backlog+3 {
+		t.Fatalf("registry handled %d messages, want %d", len(order), backlog+3)
+	}
+	want := []string{"*actors.Register", "*actors.Unregister", "*actors.WatchConns"}
+	if fmt.Sprint(order[:3]) != fmt.Sprint(want) {
+		t.Fatalf("registry handled %v first, want %v", order[:3], want)
+	}
+	for i, m := range order[3:] {
+		if m != "*actors.Delivered" {
+			t.Fatalf("message %d after the control messages is %s", i+3, m)
+		}
+	}
+	if newcomer.registered != 1 {
+		t.Fatalf("newcomer registered %d times", newcomer.registered)
+	}
+	if got := h.r.mbox.Depth(); got != 0 {
+		t.Fatalf("registry mailbox depth %d when idle", got)
+	}
+	_ = a
+	h.mustBeConsistent()
+}
+
+// TestDeliveredRingsAreTakenWhole: the registry takes a receiver's whole
+// list on one Delivered; the sources reported after that ring again.
+func TestDeliveredRingsAreTakenWhole(t *testing.T) {
+	h := newHarness(t)
+	b := h.connect(key(2), false)
+	for i := range 3 {
+		h.connect(key(byte(10+i)), false)
+	}
+	for i := range 3 {
+		h.ring(b, key(byte(10+i)), false)
+	}
+	if got := h.r.mbox.Depth(); got != 1 {
+		t.Fatalf("three first deliveries posted %d messages, want one", got)
+	}
+	h.d.RunUntilIdle()
+	if n := len(h.r.conns[b.conn].heardFrom); n != 3 || len(b.sink.pending) != 0 {
+		t.Fatalf("heard from %d sources, %d left in the list; want 3, 0", n, len(b.sink.pending))
+	}
+	h.connect(key(20), false)
+	h.ring(b, key(20), false)
+	h.d.RunUntilIdle()
+	if _, ok := h.r.recipients[key(20)][b.conn]; !ok {
+		t.Fatal("a source reported after the list was taken was not recorded")
+	}
+	h.mustBeConsistent()
+}
+
+// TestDeliveredAfterTheReceiverLeft: the receiver's Unregister overtakes
+// its Delivered, which then finds no receiver; its list is still taken.
+func TestDeliveredAfterTheReceiverLeft(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect(key(1), false)
+	b := h.connect(key(2), false)
+	h.ring(b, key(1), false)
+	h.post(&actors.Unregister{Conn: b.conn})
+	h.d.RunUntilIdle()
+	if len(h.r.recipients) != 0 || len(b.sink.pending) != 0 {
+		t.Fatalf("recipients %v, list %v; want both empty", h.r.recipients, b.sink.pending)
+	}
+	h.send(&actors.Unregister{Conn: a.conn})
+	if got := b.take(); len(got) != 0 {
+		t.Fatalf("departed receiver was sent %v", got)
+	}
+	h.mustBeConsistent()
+}
+
+// TestPeerGoneReachesExactlyThoseWhoHeard: key 1 leaves while one
+// receiver's report of it is already recorded and another's is still
+// behind the Unregister in the mailbox. Each of the two hears PeerGone
+// once (from goneFromRegion, and from the "source left while its packet
+// was queued" path); a receiver that heard from someone else, and one
+// that heard from nobody, hear nothing.
+func TestPeerGoneReachesExactlyThoseWhoHeard(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect(key(1), false)
+	recorded := h.connect(key(2), false)
+	queued := h.connect(key(3), false)
+	other := h.connect(key(4), false)
+	silent := h.connect(key(5), false)
+	h.ring(recorded, key(1), false)
+	h.d.RunUntilIdle()
+	h.ring(queued, key(1), false)
+	h.ring(other, key(4), false)
+	h.post(&actors.Unregister{Conn: a.conn})
+	h.d.RunUntilIdle()
+	want := fmt.Sprint([]actors.SendPeerGone{{Peer: key(1), Reason: wire.PeerGoneDisconnected}})
+	for name, f := range map[string]*fakeClient{"recorded": recorded, "queued": queued} {
+		if got := fmt.Sprint(peerGones(f.take())); got != want {
+			t.Fatalf("%s receiver got %v, want %v", name, got, want)
+		}
+	}
+	for name, f := range map[string]*fakeClient{"other": other, "silent": silent} {
+		if got := peerGones(f.take()); len(got) != 0 {
+			t.Fatalf("%s receiver got %v, want nothing", name, got)
+		}
+	}
+	if len(h.r.recipients[key(1)]) != 0 {
+		t.Fatalf("departed key 1 still has recipients %v", h.r.recipients[key(1)])
+	}
+	h.mustBeConsistent()
+}
+
+// TestDeliveredAfterTheSourceCameBack: the source's Unregister and its
+// Register again both overtake the Delivered. The receiver is recorded
+// as hearing from the key's new connection, without a PeerGone for the
+// absence (the key is back), and hears PeerGone when the key leaves
+// again.
+func TestDeliveredAfterTheSourceCameBack(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect(key(1), false)
+	b := h.connect(key(2), false)
+	h.ring(b, key(1), false)
+	h.post(&actors.Unregister{Conn: a.conn})
+	back := h.newClient(key(1), false)
+	h.post(&actors.Register{Conn: back.conn})
+	h.d.RunUntilIdle()
+	if got := peerGones(b.take()); len(got) != 0 {
+		t.Fatalf("receiver got %v while key 1 is back, want nothing", got)
+	}
+	if _, ok := h.r.recipients[key(1)][b.conn]; !ok {
+		t.Fatal("receiver not recorded as hearing from the returned key 1")
+	}
+	h.send(&actors.Unregister{Conn: back.conn})
+	if got := peerGones(b.take()); len(got) != 1 || got[0].Peer != key(1) {
+		t.Fatalf("receiver got %v when key 1 left again, want one PeerGone", got)
+	}
+	h.mustBeConsistent()
+}
+
+// TestForwardedDeliveredAfterWithdrawal: a mesh link's withdrawal of a
+// key overtakes the Delivered of a packet it forwarded from that key.
+// The key is then unknown to the region, as the source of a forwarded
+// packet whose announcement is late would be: it goes on probation and
+// is forgotten, without PeerGone (a later packet to it is answered
+// PeerGone(not here)).
+func TestForwardedDeliveredAfterWithdrawal(t *testing.T) {
+	h, clock := newHarnessWithClock(t)
+	b := h.connect(key(2), false)
+	h.linkUp(1)
+	h.update(1, true, key(9))
+	h.ring(b, key(9), true)
+	h.post(&actors.MeshUpdate{Link: 1, Updates: []actors.MeshPeerUpdate{{Key: key(9), Present: false}}})
+	h.d.RunUntilIdle()
+	if _, ok := h.r.unknownSources[key(9)]; !ok {
+		t.Fatal("withdrawn forwarded source is not on probation")
+	}
+	clock.Advance(time.Duration(unknownSourceProbation))
+	h.d.RunUntilIdle()
+	if got := b.take(); len(got) != 0 {
+		t.Fatalf("receiver was sent %v, want nothing", got)
+	}
+	if len(h.r.recipients) != 0 || len(h.r.conns[b.conn].heardFrom) != 0 {
+		t.Fatal("withdrawn forwarded source not forgotten after its probation")
+	}
+	h.mustBeConsistent()
+}
