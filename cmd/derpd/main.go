@@ -40,6 +40,9 @@ import (
 )
 
 func main() {
+	if code, ok := subcommand(os.Args[1:], os.Stdout, os.Stderr); ok {
+		os.Exit(code) // derpd replay, derpd synth
+	}
 	opts, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

@@ -1,0 +1,83 @@
+package replay
+
+import (
+	"sync/atomic"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/wire"
+)
+
+// simConn is one simulated connection: the Conn the fresh registry is
+// told about, the actor standing in for its client actor, and the sink
+// standing in for its outbox.
+type simConn struct {
+	conn   *actors.Conn
+	client *simClient
+	sink   *simSink
+	tally  *actors.FlowTally // its reader's flow tally, once FlowTallyStarted was replayed
+}
+
+// simClient stands in for a client actor: instead of writing frames it
+// counts what the registry asks it to write. Its counters are atomics
+// because the report reads them from the feeding goroutine.
+type simClient struct {
+	mbox *actors.MailboxStats
+
+	registered, presence, closes, restarting atomic.Int64
+	peerGone                                 [numGoneReasons]atomic.Int64
+	maxDepth                                 atomic.Int64 // deepest its mailbox was when it took a message
+}
+
+// numGoneReasons covers every PeerGoneReason a byte can hold, so an
+// unexpected reason is counted, not lost.
+const numGoneReasons = 256
+
+func (c *simClient) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actors.Registered:
+		c.registered.Add(1)
+	case *actors.SendPeerGone:
+		c.peerGone[m.Reason].Add(1)
+	case *actors.SendPeerPresence:
+		c.presence.Add(int64(len(m.Updates)))
+	case *actors.CloseConn:
+		c.closes.Add(1)
+	case *actors.SendRestarting:
+		c.restarting.Add(1)
+	default:
+		return // lifecycle messages
+	}
+	// The message being handled still counts as waiting: it is the
+	// depth the mailbox reached, this one included.
+	if d := c.mbox.Depth(); d > c.maxDepth.Load() {
+		c.maxDepth.Store(d)
+	}
+}
+
+// simSink stands in for an outbox: it counts the packets routed to it and
+// releases them at once, so a replay measures the actors and the routing,
+// not socket writes.
+type simSink struct {
+	packets, bytes atomic.Int64
+}
+
+func (s *simSink) SendPacket(p *wire.Packet, _ *actors.Waiter) {
+	s.packets.Add(1)
+	s.bytes.Add(int64(p.Len()))
+	p.Release()
+}
+
+// simForwarder stands in for a mesh link's outbox, counting the packets
+// the routing table sent toward a mesh peer.
+type simForwarder struct {
+	name    string
+	packets atomic.Int64
+}
+
+func (f *simForwarder) ForwardPacket(_ wire.NodePublic, p *wire.Packet, _ *actors.Waiter) {
+	f.packets.Add(1)
+	p.Release()
+}
+
+func (f *simForwarder) Name() string { return f.name }
