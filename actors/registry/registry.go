@@ -423,8 +423,7 @@ func sortedConns[V any](set map[*actors.Conn]V) []*actors.Conn {
 // deliveries at once (m.Take), so one message stands for every source
 // reported since the last one. It also has the lowest priority in the
 // registry's mailbox (see Props), so it may be handled after messages
-// posted after it. Each reordering that allows ends as the order of
-// posting would have:
+// posted after it. The reorderings that allows, and what comes of each:
 //   - after the receiver's Unregister: the receiver is unknown, and its
 //     sources are dropped, as the Unregister would have dropped them;
 //   - after the source's Unregister (its last connection, and no mesh
