@@ -212,7 +212,7 @@ func checkReaderMemory(t *testing.T, rd *Reader, prefixLen int) {
 		}
 		return
 	}
-	if c := cap(rd.buf); c > max(prefixLen, HeaderLen) {
+	if c := cap(rd.buf); c > max(prefixLen, smallLen) {
 		t.Fatalf("reader without a pooled buffer holds %d bytes", c)
 	}
 }

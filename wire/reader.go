@@ -23,16 +23,16 @@ var ErrFrameTooLarge = errors.New("frame length exceeds limit")
 // Reader decodes frames from a byte stream. It is owned by one goroutine.
 //
 // Steady-state reads do not allocate: the buffer comes from a pool, and a
-// reader that has consumed everything gives its buffer back before
-// waiting for more bytes. On plain TCP (see newRawSource) it learns that
-// a read would wait from the socket itself; on other connections (TLS,
-// WebSocket) it waits by reading a few bytes into a small array of its
-// own.
+// reader that is about to wait for bytes gives its buffer back first. On
+// plain TCP (see newRawSource) it learns that a read would wait from the
+// socket itself; on other connections (TLS, WebSocket) it cannot know, and
+// guesses from the last read instead (see fill): it waits in a small array
+// of its own, and reads into a pooled buffer only while bytes are flowing.
 type Reader struct {
 	src      io.Reader
 	raw      *rawSource // nil unless the connection exposes its file descriptor
-	bufp     *[]byte    // pooled buffer; nil while idle
-	buf      []byte     // *bufp, or the caller's prefix before the first fill
+	bufp     *[]byte    // pooled buffer; nil while waiting, or not yet taken
+	buf      []byte     // *bufp, small, or the caller's prefix before the first fill
 	r, w     int        // unread bytes are buf[r:w]
 	maxFrame uint32
 	err      error // sticky
@@ -42,10 +42,34 @@ type Reader struct {
 	// error, so dropping it would read on past a failure.
 	pending error
 
-	// idle receives the first bytes after the reader ran dry on a
-	// connection without a raw source; see fill.
-	idle [HeaderLen]byte
+	// flowing: the last read from a source without a raw socket filled
+	// all the room it was given, so more bytes are probably at hand (the
+	// rest of a TLS record, say) and the next read goes into a pooled
+	// buffer. After a short read the source has probably run dry, and the
+	// next read waits in small. See fill.
+	flowing bool
+
+	// small holds the unread bytes, and receives the next ones, while a
+	// reader without a raw source waits: a frame header, a key, a ping's
+	// data, or the first bytes of whatever comes next.
+	small [smallLen]byte
 }
+
+// waitLen is how much a read into small asks for (at least; more when
+// more is needed). It is a SendPacket's header and destination key: from a
+// busy sender a wait between frames then comes back full, so the payload
+// goes straight to a pooled buffer with nothing left over in small to
+// copy, while a client that stops after a header alone, or inside a key,
+// is seen to have stopped (the read comes back short) and waits on in
+// small.
+const waitLen = HeaderLen + KeyLen
+
+// smallLen is the size of a reader's own array for waiting. Every
+// fixed-size piece a client connection's reader asks for (a header, then
+// a key) fits, so a client that stops inside one holds this and not
+// 64 KiB; being larger than a header also means one wait usually picks up
+// a SendPacket's header, key and first bytes together.
+const smallLen = 64
 
 // NewReader returns a Reader of conn. prefix holds bytes already read from
 // the connection (an HTTP server's buffered look-ahead, such as a
@@ -87,11 +111,6 @@ func (rd *Reader) FrameBuffered() bool {
 
 // ReadHeader reads the next frame header.
 func (rd *Reader) ReadHeader() (FrameType, uint32, error) {
-	if rd.raw == nil && rd.r == rd.w && rd.err == nil && rd.pending == nil {
-		if err := rd.waitIdle(); err != nil {
-			return 0, 0, err
-		}
-	}
 	if err := rd.fill(HeaderLen); err != nil {
 		return 0, 0, err
 	}
@@ -187,30 +206,52 @@ func (rd *Reader) dropBuffer() {
 }
 
 // fill makes at least n (≤ readBufSize) unread bytes available.
+//
+// On a source without a raw socket every read may wait, for as long as the
+// client likes, and whatever it reads into is held meanwhile. So while a
+// wait is likely (the last read came back short: the source had no more at
+// hand) and what is asked for fits, fill moves the few unread bytes to
+// rd.small, gives the pooled buffer back, and reads at least waitLen bytes
+// into small; once a read fills all its room, bytes are flowing and the
+// next read goes into a pooled buffer, picking up many frames at once. A
+// silent client therefore holds smallLen bytes of the reader and no
+// pooled buffer, whether it stopped between frames or inside one: after a
+// whole frame, after a header alone, mid-header, mid-key, or mid-payload
+// (ReadFull waits with nothing unread, and payloads of half a buffer or
+// more are read straight into their destination).
+//
+// The guess costs a busy sender one small read each time the buffer runs
+// dry, about once per TLS record (16 KiB) or WebSocket message, and no
+// allocation. It can be wrong in one way: a source that stops exactly
+// where a read's room ended (a header and key, say, and then nothing)
+// leaves the next read waiting in a pooled buffer. A client can arrange
+// that on purpose; it then holds one pooled buffer, the bound this reader
+// always had, and no more, since no read waits in a second one. (TLS
+// itself lets such a client pin a record's worth of its own buffers.)
 func (rd *Reader) fill(n int) error {
 	if rd.err != nil {
 		return rd.err
 	}
 	for rd.w-rd.r < n {
-		if rd.bufp == nil {
-			// First fill after the prefix, or after going idle: move
-			// what is left of the old bytes into a pooled buffer.
-			bp := readBufPool.Get().(*[]byte)
-			k := copy(*bp, rd.buf[rd.r:rd.w])
-			rd.bufp, rd.buf, rd.r, rd.w = bp, *bp, 0, k
-		} else if rd.r > 0 && len(rd.buf)-rd.r < n {
-			k := copy(rd.buf, rd.buf[rd.r:rd.w])
-			rd.r, rd.w = 0, k
-		}
 		var m int
 		var err error
 		switch {
 		case rd.pending != nil:
 			err, rd.pending = rd.pending, nil
 		case rd.raw != nil:
+			rd.makeRoom(n)
 			m, err = rd.raw.read(rd)
 		default:
-			m, err = rd.src.Read(rd.buf[rd.w:])
+			var room []byte
+			if !rd.flowing && n <= smallLen {
+				rd.toSmall()
+				room = rd.small[rd.w:max(n, waitLen)]
+			} else {
+				rd.makeRoom(n)
+				room = rd.buf[rd.w:]
+			}
+			m, err = rd.src.Read(room)
+			rd.flowing = m == len(room)
 		}
 		rd.w += m
 		if err != nil {
@@ -228,29 +269,34 @@ func (rd *Reader) fill(n int) error {
 	return nil
 }
 
-// waitIdle waits for the next frame on a connection without a raw source,
-// with nothing unread. The wait may last as long as the client stays
-// quiet, so it holds no pooled buffer: it reads the first bytes into
-// rd.idle, and fill takes a buffer from the pool once they are in. (For
-// TLS the rest of the record is decrypted by then, so the next read costs
-// no system call.) Only frame boundaries wait this way; inside a frame
-// the bytes are already on their way.
-func (rd *Reader) waitIdle() error {
-	rd.dropBuffer()
-	rd.buf, rd.r, rd.w = rd.idle[:], 0, 0
-	for rd.w == 0 {
-		m, err := rd.src.Read(rd.buf)
-		rd.w = m
-		if err != nil {
-			if m > 0 {
-				rd.pending = err // fill reports it after these bytes
-				return nil
-			}
-			rd.err = err
-			return err
+// makeRoom makes sure the pooled buffer is in use, holding the unread
+// bytes, with room after them for at least n in all.
+func (rd *Reader) makeRoom(n int) {
+	if rd.bufp == nil {
+		// First fill after the prefix, or after waiting in small: move
+		// what is left of the old bytes into a pooled buffer.
+		bp := readBufPool.Get().(*[]byte)
+		k := 0
+		if rd.w > rd.r {
+			k = copy(*bp, rd.buf[rd.r:rd.w])
 		}
+		rd.bufp, rd.buf, rd.r, rd.w = bp, *bp, 0, k
+	} else if rd.r > 0 && len(rd.buf)-rd.r < n {
+		k := copy(rd.buf, rd.buf[rd.r:rd.w])
+		rd.r, rd.w = 0, k
 	}
-	return nil
+}
+
+// toSmall moves the unread bytes (fewer than smallLen: fill asks for at
+// most smallLen and has fewer) to the front of rd.small, which the next
+// read fills, and gives the pooled buffer back.
+func (rd *Reader) toSmall() {
+	k := 0
+	if rd.w > rd.r {
+		k = copy(rd.small[:], rd.buf[rd.r:rd.w]) // may overlap: copy moves
+	}
+	rd.dropBuffer()
+	rd.buf, rd.r, rd.w = rd.small[:], 0, k
 }
 
 // readDirect reads into p without buffering; the buffer is empty.
@@ -258,6 +304,10 @@ func (rd *Reader) readDirect(p []byte) error {
 	if rd.err != nil {
 		return rd.err
 	}
+	// Nothing is unread, and filling p may take as long as the client
+	// likes: no buffer is needed meanwhile.
+	rd.dropBuffer()
+	rd.buf, rd.r, rd.w, rd.flowing = nil, 0, 0, false
 	var err error
 	switch {
 	case rd.pending != nil:

@@ -11,7 +11,10 @@ import (
 // can tell "no data yet" apart from a read and hand its buffer back to the
 // pool before parking. Go's own Read would hold the buffer for as long as
 // the connection is idle: with 10,000 idle clients that is 640 MiB of read
-// buffers doing nothing.
+// buffers doing nothing. Connections without a descriptor (TLS,
+// WebSocket) get the same result by waiting in a small array (see fill),
+// at the cost of a small read each time the buffer runs dry; here the
+// socket says when a read would wait, so no read is wasted.
 type rawSource struct {
 	conn syscall.RawConn
 	rd   *Reader // set for the duration of one read call

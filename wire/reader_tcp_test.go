@@ -150,7 +150,9 @@ func (g *gatedSource) Read(p []byte) (int, error) {
 
 // On connections without a raw socket (TLS, WebSocket) an idle reader
 // must wait without a pooled 64 KiB buffer, or 10,000 idle clients hold
-// 640 MiB of buffers doing nothing.
+// 640 MiB of buffers doing nothing; once bytes flow (a read fills all the
+// room it had), the rest goes into a pooled buffer, many frames a read.
+// (TestSilentReadersWithoutRawSourceHoldNoPooledBuffer covers the stalls.)
 func TestIdleReaderWithoutRawSourceHoldsNoBuffer(t *testing.T) {
 	src := &gatedSource{reads: make(chan int), data: make(chan []byte)}
 	rd := NewReader(src, nil, 1<<20)
@@ -178,19 +180,20 @@ func TestIdleReaderWithoutRawSourceHoldsNoBuffer(t *testing.T) {
 	}()
 	for i := range 2 {
 		// The reader has nothing unread and is about to wait.
-		if n := <-src.reads; n > HeaderLen {
+		if n := <-src.reads; n > smallLen {
 			t.Fatalf("frame %d: idle reader waits with a %d-byte buffer", i, n)
 		}
 		if rd.bufp != nil {
 			t.Fatalf("frame %d: idle reader still holds its pooled buffer", i)
 		}
 		b := frame.Bytes()
-		src.data <- b[:HeaderLen]
-		// With the first bytes in, it reads the rest into a real buffer.
-		if n := <-src.reads; n < len(b)-HeaderLen {
+		src.data <- b[:smallLen]
+		// The first bytes filled the wait's room: it reads the rest into
+		// a pooled buffer.
+		if n := <-src.reads; n < len(b)-smallLen {
 			t.Fatalf("frame %d: second read offers %d bytes, want room for the rest", i, n)
 		}
-		src.data <- b[HeaderLen:]
+		src.data <- b[smallLen:]
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
