@@ -27,6 +27,10 @@ type System struct {
 	// unless WithClock says otherwise.
 	Clock Clock
 
+	// Recorder journals what actors receive and readers route (-record);
+	// nil when not recording. Set by WithRecorder.
+	Recorder Recorder
+
 	// Registry is the registry actor, set once by whoever spawns it
 	// before the first connection is accepted.
 	Registry *actor.PID
@@ -96,7 +100,22 @@ func NewSystem(log zerolog.Logger, opts ...Option) *System {
 // way. The MailboxStats count the messages of the one actor spawned from
 // these props (spawn a new Props for each actor).
 func (s *System) Props(kind ActorKind, p actor.Producer, opts ...actor.PropsOption) (*actor.Props, *MailboxStats) {
-	return s.props(kind, p, actor.Unbounded, opts)
+	return s.PropsFor(kind, 0, p, opts...)
+}
+
+// PropsFor is Props for an actor that the journal (-record) names by id:
+// a client actor by its connection id, a mesh link by its number.
+func (s *System) PropsFor(kind ActorKind, id uint64, p actor.Producer, opts ...actor.PropsOption) (*actor.Props, *MailboxStats) {
+	return s.props(kind, p, actor.Unbounded, s.recording(kind, id, opts))
+}
+
+// recording adds the recorder's middleware, outermost, so that it sees
+// every message as the mailbox hands it over.
+func (s *System) recording(kind ActorKind, id uint64, opts []actor.PropsOption) []actor.PropsOption {
+	if s.Recorder == nil {
+		return opts
+	}
+	return append(opts, actor.WithReceiverMiddleware(s.Recorder.Middleware(kind, id)))
 }
 
 // PriorityProps is Props with a priority mailbox, counted the same way:
@@ -107,7 +126,7 @@ func (s *System) Props(kind ActorKind, p actor.Producer, opts ...actor.PropsOpti
 // has its priority: one sent as a request travels in an envelope and gets
 // the default.
 func (s *System) PriorityProps(kind ActorKind, p actor.Producer, opts ...actor.PropsOption) (*actor.Props, *MailboxStats) {
-	return s.props(kind, p, actor.UnboundedPriority, opts)
+	return s.props(kind, p, actor.UnboundedPriority, s.recording(kind, 0, opts))
 }
 
 func (s *System) props(kind ActorKind, p actor.Producer, mailbox func(...actor.MailboxMiddleware) actor.MailboxProducer, opts []actor.PropsOption) (*actor.Props, *MailboxStats) {

@@ -74,6 +74,8 @@ type reader struct {
 	// from, to notice a new one, and the bucket; nil when off.
 	rateCfg *actors.RecvRate
 	limiter *rate.Limiter
+	// packets journals every packet routed (-record); nil when off.
+	packets actors.PacketRecorder
 }
 
 func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
@@ -81,6 +83,9 @@ func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, 
 	r.waiter.Rejects = &r.rejects
 	if c.CanMesh {
 		r.via = c.Key.String()
+	}
+	if sys.Recorder != nil {
+		r.packets = sys.Recorder.Packets(c.ID)
 	}
 	return r
 }
@@ -90,6 +95,9 @@ func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, 
 func (r *reader) run() error {
 	defer r.fold()
 	defer r.waiter.WakeDeferred()
+	if r.packets != nil {
+		defer r.packets.Close()
+	}
 	for {
 		idle := r.rd.Buffered() == 0
 		if idle {
@@ -376,6 +384,9 @@ func (r *reader) forwardPacket(n uint32) error {
 // bounded one inside SendPacket, for a destination that is draining its
 // queue; a destination that has stopped reading is never waited for.
 func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded bool) {
+	if r.packets != nil {
+		r.packets.RecordPacket(r.conn.ID, p.Source(), dst, p.Payload(), disco, forwarded)
+	}
 	if rt := r.routes.Lookup(dst); rt != nil {
 		if rt.Local != nil {
 			if r.flows != nil {

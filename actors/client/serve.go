@@ -42,7 +42,7 @@ type Accepted struct {
 //     receive packets;
 //  5. read frames until the connection ends.
 //
-// Steps 1–3 run under one HandshakeTimeout deadline.
+// Steps 1–3 run under one deadline, cfg.HandshakeTimeout after the start.
 func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	log := sys.Log.With().Str("addr", a.Addr.String()).Logger()
 	conn := a.Conn
@@ -51,7 +51,8 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	// connection began, for the actors, is on sys.Clock.
 	start := time.Now()
 	since := sys.Clock.Now()
-	conn.SetDeadline(start.Add(HandshakeTimeout))
+	handshakeDeadline := start.Add(cfg.handshakeTimeout())
+	conn.SetDeadline(handshakeDeadline)
 	key, info, shared, rd, err := handshake(cfg, a)
 	canMesh := err == nil && isMesh(cfg, info)
 	if err == nil && !canMesh && !info.MeshKey.IsZero() {
@@ -66,7 +67,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 			Msg("client presented a mesh key that is not this server's; serving it as an ordinary client")
 	}
 	if err == nil && cfg.Admit != nil && !canMesh {
-		ctx, cancel := context.WithDeadline(context.Background(), start.Add(HandshakeTimeout))
+		ctx, cancel := context.WithDeadline(context.Background(), handshakeDeadline)
 		err = cfg.Admit(ctx, key, a.Addr)
 		cancel()
 		if err != nil {
@@ -127,7 +128,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 	}
 
 	ca := &clientActor{sys: sys, conn: c, netConn: conn, outbox: ob, since: since, serverInfo: si}
-	props, mbox := sys.Props(actors.ActorClient, func() actor.Actor { return ca })
+	props, mbox := sys.PropsFor(actors.ActorClient, c.ID, func() actor.Actor { return ca })
 	c.Mailbox = mbox
 	c.PID = sys.Root.SpawnPrefix(props, "client")
 

@@ -88,6 +88,9 @@ type manager struct {
 	state    DNSState
 	failing  bool      // the last lookup failed
 	warnedAt time.Time // of the last failed lookup logged as a warning
+	// linksMade numbers the links spawned, each link's id in the journal
+	// (-record).
+	linksMade uint64
 }
 
 type linkEntry struct {
@@ -185,7 +188,8 @@ func (m *manager) add(ctx actor.Context, t Target) {
 	// runs at spawn, after Props has made them.
 	var mbox *actors.MailboxStats
 	var props *actor.Props
-	props, mbox = sys.Props(actors.ActorMeshLink, func() actor.Actor {
+	m.linksMade++
+	props, mbox = sys.PropsFor(actors.ActorMeshLink, m.linksMade, func() actor.Actor {
 		l := newLink(sys, cfg, t)
 		l.mbox = mbox
 		return l

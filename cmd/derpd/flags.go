@@ -91,6 +91,12 @@ type options struct {
 	restartTryFor      time.Duration
 	shutdownSpread     time.Duration
 
+	// derpd's own: the journal of every actor message and routed packet
+	// (record.go).
+	record         string
+	recordMaxBytes int64
+	recordPayloads bool
+
 	// set records which flags appeared on the command line, to tell an
 	// explicit value from a default.
 	set map[string]bool
@@ -153,6 +159,10 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.restartReconnectIn, "restart-reconnect-in", defaultRestartReconnectIn, "on SIGTERM or SIGINT: how long the Restarting frame sent to every client says to wait before reconnecting (advisory; Tailscale's clients reconnect when closed)")
 	fs.DurationVar(&o.restartTryFor, "restart-try-for", defaultRestartTryFor, "on SIGTERM or SIGINT: how long the Restarting frame says to keep trying to reconnect before giving up (advisory); cover -shutdown-spread and the restart")
 	fs.DurationVar(&o.shutdownSpread, "shutdown-spread", defaultShutdownSpread, "on SIGTERM or SIGINT: the window over which client connections are closed, one by one, so they do not all reconnect at once; derpd exits within this plus 2s; 0 closes them all at once")
+
+	fs.StringVar(&o.record, "record", "", "journal every message delivered to every actor and every packet routed to FILE, for derpd replay; flushed and closed on SIGTERM")
+	fs.Int64Var(&o.recordMaxBytes, "record-max-bytes", defaultRecordMaxBytes, "with -record, stop recording (and say so in the log) once the journal holds this many bytes; 0 for no limit")
+	fs.BoolVar(&o.recordPayloads, "record-payloads", false, "with -record, journal packet payloads too, not only their sizes (the journal then holds clients' encrypted traffic)")
 
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.verbose, "v", false, "verbose logging (same as -log-level=debug)")
@@ -297,6 +307,7 @@ func (o *options) checkSupported() error {
 	}
 	problems = append(problems, o.checkDebugFlags()...)
 	problems = append(problems, o.checkShutdownFlags()...)
+	problems = append(problems, o.checkRecordFlags()...)
 	if o.flowsMax <= 0 {
 		problems = append(problems, "-flows-max must be positive")
 	}

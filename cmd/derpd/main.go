@@ -30,6 +30,7 @@ import (
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/client"
 	"github.com/derpd/derpd/actors/flows"
+	"github.com/derpd/derpd/actors/journal"
 	"github.com/derpd/derpd/actors/mesh"
 	"github.com/derpd/derpd/actors/registry"
 	"github.com/derpd/derpd/actors/rejects"
@@ -111,6 +112,8 @@ type server struct {
 	// The debug pages' (debuglisten.go, traffic.go).
 	debugAllow []netip.Prefix // -debug-allow
 	stopping   chan struct{}  // closed when shutdown starts: ends /debug/traffic streams
+
+	recorder *journal.Recorder // -record; nil when off
 }
 
 func run(ctx context.Context, opts *options, log zerolog.Logger) error {
@@ -129,6 +132,10 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 	pub := priv.Public()
 
 	sys := actors.NewSystem(log)
+	recorder, err := startRecording(opts, sys, log)
+	if err != nil {
+		return err
+	}
 	registry.Spawn(sys, pub, registry.WithMaxSessionKeys(opts.meshMaxPeerKeys))
 	rejects.Spawn(sys, opts.rejectsMax)
 	if opts.flows {
@@ -145,11 +152,17 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 			MeshKey:      meshKey,
 			WriteTimeout: opts.tcpWriteTimeout,
 			QueueDepth:   queueDepthFromEnv(log),
+			// The default, unless a test has shortened it.
+			HandshakeTimeout: handshakeTimeout,
 		},
 		upgradeResponse: upgradeResponse(pub),
 		started:         time.Now(),
 		stopping:        make(chan struct{}),
+		recorder:        recorder,
 	}
+	// For a failed start-up; a shutdown closes the journal itself, once
+	// the connections are gone.
+	defer s.closeRecording()
 	s.debugAllow, _ = parseDebugAllow(opts.debugAllow) // checked by checkSupported
 	if opts.verifyURL != "" {
 		s.clientCfg.Admit = (&urlAdmitter{
@@ -197,8 +210,8 @@ func run(ctx context.Context, opts *options, log zerolog.Logger) error {
 	mainHandler := s.routes()
 	httpSrv := &http.Server{
 		Handler:           mainHandler,
-		ReadHeaderTimeout: 30 * time.Second,
-		ReadTimeout:       30 * time.Second,
+		ReadHeaderTimeout: httpReadTimeout,
+		ReadTimeout:       httpReadTimeout,
 		WriteTimeout:      30 * time.Second,
 		// DERP needs HTTP/1.1 upgrades; never negotiate HTTP/2.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},

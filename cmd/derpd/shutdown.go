@@ -28,7 +28,7 @@ import (
 //     clients on other nodes are still forwarded, and the peers hear
 //     each departure as it happens.
 //  4. Wait for the last connections and HTTP requests, at most
-//     shutdownTail, and exit 0.
+//     shutdownTail, close the journal (-record), and exit 0.
 //
 // A second SIGTERM or SIGINT cuts it short: derpd exits at once, with
 // status 1.
@@ -145,7 +145,8 @@ func (s *server) shutdown(servers []*http.Server, force <-chan os.Signal) error 
 	// Flushing, so the peers get the last departures queued for them.
 	s.sys.Send(s.sys.Registry, &actors.CloseAll{Reason: "server shutting down", Flush: true})
 
-	// 4. The last connections and requests.
+	// 4. The last connections and requests, then the journal (-record).
+	defer s.closeRecording()
 	return waitOrForce(force, func() {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		defer cancel()

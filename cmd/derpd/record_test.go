@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/actors/journal"
+	"github.com/derpd/derpd/wire"
+)
+
+// TestRecordJournalsARelaySession runs derpd with -record on loopback,
+// relays packets between two clients, stops it as SIGTERM would, and
+// reads the journal back: both registrations, every packet with its size
+// and true source, and both departures.
+func TestRecordJournalsARelaySession(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "derpd.journal")
+	p := startInProcess(t, "-record", path, "-shutdown-spread", "0s")
+	host := strings.TrimPrefix(p.base, "http://")
+	a := dialDERP(t, host, wire.ClientInfo{Version: 2})
+	b := dialDERP(t, host, wire.ClientInfo{Version: 2})
+
+	send := func(from, to *rawClient, size int) {
+		t.Helper()
+		payload := bytes.Repeat([]byte{byte(size)}, size)
+		from.write(wire.FrameSendPacket, append(to.pub[:len(to.pub):len(to.pub)], payload...))
+		typ, body := to.nextFrame(t)
+		if typ != wire.FrameRecvPacket || len(body) != wire.KeyLen+size {
+			t.Fatalf("got %v of %d bytes, want RecvPacket of %d", typ, len(body), wire.KeyLen+size)
+		}
+	}
+	type sent struct {
+		src, dst wire.NodePublic
+		size     int
+	}
+	var want []sent
+	for _, size := range []int{1, 100, 1200} {
+		send(a, b, size)
+		want = append(want, sent{a.pub, b.pub, size})
+	}
+	send(b, a, 64)
+	want = append(want, sent{b.pub, a.pub, 64})
+
+	p.cancel()
+	p.cancel = nil
+	a.expectRestarting(t, defaultRestartReconnectIn, defaultRestartTryFor)
+	b.expectRestarting(t, defaultRestartReconnectIn, defaultRestartTryFor)
+	if err := <-p.done; err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := journal.Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Header().Payloads {
+		t.Error("payloads recorded without -record-payloads")
+	}
+	registered := map[wire.NodePublic]uint64{}
+	unregistered := map[wire.NodePublic]bool{}
+	var packets []*journal.Record
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading the journal: %v", err)
+		}
+		switch m := rec.Msg.(type) {
+		case *actors.Register:
+			registered[m.Conn.Key] = m.Conn.ID
+		case *actors.Unregister:
+			unregistered[m.Conn.Key] = true
+		}
+		if rec.Kind == journal.KindPacket {
+			packets = append(packets, rec)
+		}
+	}
+	for _, c := range []*rawClient{a, b} {
+		if registered[c.pub] == 0 || !unregistered[c.pub] {
+			t.Errorf("client %v: registered as %d, unregistered %v", c.pub.ShortString(), registered[c.pub], unregistered[c.pub])
+		}
+	}
+	// One reader's packets are in the order it routed them; the two
+	// readers' buffers may reach the file in either order.
+	var got []sent
+	for _, rec := range packets {
+		pk := rec.Packet
+		if pk.SrcConn != registered[pk.Src] || rec.Target.ID != pk.SrcConn || pk.Payload != nil {
+			t.Errorf("packet record %+v: want from connection %d, no payload", rec, registered[pk.Src])
+		}
+		got = append(got, sent{pk.Src, pk.Dst, pk.Size})
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d packets journaled, want %d: %v", len(got), len(want), got)
+	}
+	for _, w := range want {
+		found := false
+		for i, g := range got {
+			if g == w {
+				got = append(got[:i], got[i+1:]...)
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("packet %v not journaled", w)
+		}
+	}
+}
