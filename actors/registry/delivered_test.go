@@ -36,6 +36,32 @@ func (h *harness) post(msg any) { h.sys.Send(h.reg, msg) }
 // new connection's ServerInfo does not wait for PeerGone bookkeeping; the
 // mailbox's counts still see every message.
 func TestRegisterOvertakesDeliveredBacklog(t *testing.T) {
+	order := backlogOrder(t, false)
+	want := []string{"*actors.Register", "*actors.Unregister", "*actors.WatchConns"}
+	if fmt.Sprint(order[:3]) != fmt.Sprint(want) {
+		t.Fatalf("registry handled %v first, want %v", order[:3], want)
+	}
+	for i, m := range order[3:] {
+		if m != "*actors.Delivered" {
+			t.Fatalf("message %d after the control messages is %s", i+3, m)
+		}
+	}
+}
+
+// TestPostingOrderKeepsTheBacklogFirst: a registry made for a replay
+// (WithPostingOrder) takes the same messages as posted.
+func TestPostingOrderKeepsTheBacklogFirst(t *testing.T) {
+	order := backlogOrder(t, true)
+	want := []string{"*actors.Register", "*actors.Unregister", "*actors.WatchConns"}
+	if fmt.Sprint(order[len(order)-3:]) != fmt.Sprint(want) {
+		t.Fatalf("registry handled %v last, want %v", order[len(order)-3:], want)
+	}
+}
+
+// backlogOrder posts 5,000 Delivered and then three control messages to
+// a registry (WithPostingOrder if postingOrder), runs it, and returns
+// the types of the messages in the order it handled them.
+func backlogOrder(t *testing.T, postingOrder bool) []string {
 	var order []string
 	record := func(next actor.ReceiverFunc) actor.ReceiverFunc {
 		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
@@ -45,8 +71,12 @@ func TestRegisterOvertakesDeliveredBacklog(t *testing.T) {
 			next(ctx, env)
 		}
 	}
-	h := newHarnessWith(t, actors.NewStepDispatcher(), actors.WithReceiverMiddleware(record))
-	a := h.connect(key(1), false)
+	var opts []Option
+	if postingOrder {
+		opts = append(opts, WithPostingOrder())
+	}
+	h := newHarnessWith(t, actors.NewStepDispatcher(), []actors.Option{actors.WithReceiverMiddleware(record)}, opts...)
+	h.connect(key(1), false)
 	b := h.connect(key(2), false)
 	leaving := h.connect(key(3), false)
 	mesh := h.connect(key(4), true)
@@ -63,17 +93,9 @@ func TestRegisterOvertakesDeliveredBacklog(t *testing.T) {
 	}
 	order = nil
 	h.d.RunUntilIdle()
-	if len(order) != backlog+3 {
-		t.Fatalf("registry handled %d messages, want %d", len(order), backlog+3)
-	}
-	want := []string{"*actors.Register", "*actors.Unregister", "*actors.WatchConns"}
-	if fmt.Sprint(order[:3]) != fmt.Sprint(want) {
-		t.Fatalf("registry handled %v first, want %v", order[:3], want)
-	}
-	for i, m := range order[3:] {
-		if m != "*actors.Delivered" {
-			t.Fatalf("message %d after the control messages is %s", i+3, m)
-		}
+	handled := order
+	if len(handled) != backlog+3 {
+		t.Fatalf("registry handled %d messages, want %d", len(handled), backlog+3)
 	}
 	if newcomer.registered != 1 {
 		t.Fatalf("newcomer registered %d times", newcomer.registered)
@@ -81,8 +103,8 @@ func TestRegisterOvertakesDeliveredBacklog(t *testing.T) {
 	if got := h.r.mbox.Depth(); got != 0 {
 		t.Fatalf("registry mailbox depth %d when idle", got)
 	}
-	_ = a
 	h.mustBeConsistent()
+	return handled
 }
 
 // TestDeliveredRingsAreTakenWhole: the registry takes a receiver's whole

@@ -371,7 +371,7 @@ func TestCheckReportsCorruptForwarderTable(t *testing.T) {
 func TestRandomMeshChurnStaysConsistent(t *testing.T) {
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			h := newHarnessWith(t, actors.NewShuffledStepDispatcher(seed))
+			h := newHarnessWith(t, actors.NewShuffledStepDispatcher(seed), nil)
 			rng := rand.New(rand.NewPCG(seed, 1))
 			m := newRegionModel()
 			var live []*fakeClient

@@ -48,6 +48,7 @@ type Registry struct {
 	remoteOnly int // keys with forwarders and no local connection
 
 	maxSessionKeys int
+	postingOrder   bool // WithPostingOrder: a plain mailbox
 
 	// unknownSources are sources of forwarded packets that the region did
 	// not know when the packet was delivered, with when they were first
@@ -93,6 +94,14 @@ const DefaultMaxSessionKeys = 200_000
 
 // Option adjusts a registry.
 type Option func(*Registry)
+
+// WithPostingOrder gives the registry a plain mailbox, taking every
+// message in the order posted, Delivered included, instead of Delivered
+// last. For a replay of a journal: the journal holds the messages in the
+// order the recorded registry took them, so feeding them to a registry
+// that takes them as posted repeats that order, however many are fed
+// before it runs.
+func WithPostingOrder() Option { return func(r *Registry) { r.postingOrder = true } }
 
 // WithMaxSessionKeys sets the per-session key limit; n ≤ 0 keeps the
 // default.
@@ -167,7 +176,7 @@ func (r *Registry) Recover(ctx actor.Context, reason any) {
 		r.sys.Routes.Delete(k)
 	}
 	fresh := New(r.sys, r.serverKey, WithMaxSessionKeys(r.maxSessionKeys))
-	fresh.mbox = r.mbox
+	fresh.mbox, fresh.postingOrder = r.mbox, r.postingOrder
 	*r = *fresh
 	stats := r.sys.Stats
 	stats.ClientsLocal.Store(0)
@@ -183,9 +192,13 @@ func (r *Registry) Props() *actor.Props {
 	// A priority mailbox, with Delivered below everything else: under
 	// load the bookkeeping for PeerGone waits, not new connections (see
 	// delivered for what that reorders).
-	props, mbox := r.sys.PriorityProps(actors.ActorRegistry, func() actor.Actor { return r })
+	props := r.sys.PriorityProps
+	if r.postingOrder {
+		props = r.sys.Props
+	}
+	p, mbox := props(actors.ActorRegistry, func() actor.Actor { return r })
 	r.mbox = mbox
-	return props
+	return p
 }
 
 // Spawn starts a registry and records its PID in the system.

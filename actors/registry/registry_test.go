@@ -27,14 +27,14 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
-	return newHarnessWith(t, actors.NewStepDispatcher())
+	return newHarnessWith(t, actors.NewStepDispatcher(), nil)
 }
 
-func newHarnessWith(t *testing.T, d *actors.StepDispatcher, opts ...actors.Option) *harness {
-	sys := actors.NewSystem(zerolog.Nop(), append([]actors.Option{actors.WithDispatcher(d)}, opts...)...)
+func newHarnessWith(t *testing.T, d *actors.StepDispatcher, sysOpts []actors.Option, opts ...Option) *harness {
+	sys := actors.NewSystem(zerolog.Nop(), append([]actors.Option{actors.WithDispatcher(d)}, sysOpts...)...)
 	self := key(0xee)
 	h := &harness{t: t, d: d, sys: sys, self: self}
-	h.r = New(sys, self)
+	h.r = New(sys, self, opts...)
 	pid, err := sys.Root.SpawnNamed(h.r.Props(), "registry")
 	if err != nil {
 		t.Fatal(err)
@@ -501,7 +501,7 @@ func TestCheckReportsCorruptState(t *testing.T) {
 func TestRandomChurnStaysConsistent(t *testing.T) {
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			h := newHarnessWith(t, actors.NewShuffledStepDispatcher(seed))
+			h := newHarnessWith(t, actors.NewShuffledStepDispatcher(seed), nil)
 			rng := rand.New(rand.NewPCG(seed, 0))
 			var live []*fakeClient
 			for step := 0; step < 300; step++ {
