@@ -1,0 +1,169 @@
+package actorkit
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/actors/client"
+	"github.com/derpd/derpd/actors/flows"
+	"github.com/derpd/derpd/wire"
+)
+
+// TestRelayBetweenRealConnections: a packet one client sends reaches the
+// other as a RecvPacket naming its true source.
+func TestRelayBetweenRealConnections(t *testing.T) {
+	Run(t, func(k *Kit) {
+		a, b := k.Dial(), k.Dial()
+		a.SendPacket(b.Key, payloadN(0))
+		expectPackets(t, b, a.Key, 0)
+		if got := a.Take(); len(got) != 0 {
+			t.Fatalf("the sender got %v", got)
+		}
+	})
+}
+
+// TestKeepAliveAtTheInterval: a connection's keepalive is written when its
+// period (the interval plus this connection's jitter, at most a twelfth
+// more) is up, not a nanosecond before, and again a period later.
+func TestKeepAliveAtTheInterval(t *testing.T) {
+	const interval = time.Minute
+	Run(t, func(k *Kit) {
+		c := k.Dial()
+		if n := k.Clock.Pending(); n != 1 {
+			t.Fatalf("%d timers pending, want the keepalive's alone", n)
+		}
+		period, _ := k.Clock.NextIn()
+		if period < interval || period > interval+interval/12 {
+			t.Fatalf("keepalive due in %v, want %v plus at most a twelfth", period, interval)
+		}
+		for i := range 2 {
+			k.Advance(period - time.Nanosecond)
+			if got := c.Take(); len(got) != 0 {
+				t.Fatalf("keepalive %d: %v written a nanosecond early", i, got)
+			}
+			k.Advance(time.Nanosecond)
+			if got := c.Take(); len(got) != 1 || got[0].Type != wire.FrameKeepAlive {
+				t.Fatalf("keepalive %d: at the period got %v, want one KeepAlive", i, got)
+			}
+		}
+	}, WithServer(client.Config{KeepAlive: interval}))
+}
+
+// payloadN is the payload of the n-th test packet (not disco).
+func payloadN(n int) []byte { return []byte(fmt.Sprintf("packet %d", n)) }
+
+// expectPackets checks that c was written exactly the packets want from
+// src, in order, and nothing else.
+func expectPackets(t *testing.T, c *Client, src wire.NodePublic, want ...int) {
+	t.Helper()
+	var got []string
+	for _, f := range c.Take() {
+		s, p, ok := f.RecvPacket()
+		if !ok || s != src {
+			t.Fatalf("frame %v %q, want RecvPacket from %v", f.Type, f.Body, src)
+		}
+		got = append(got, string(p))
+	}
+	var w []string
+	for _, n := range want {
+		w = append(w, string(payloadN(n)))
+	}
+	if !slices.Equal(got, w) {
+		t.Fatalf("received %q, want %q", got, w)
+	}
+}
+
+// conn is the registry's handle on a client's connection.
+func (k *Kit) conn(t *testing.T, c *Client) *actors.Conn {
+	t.Helper()
+	p := k.Peer(c.Key)
+	if len(p.Conns) != 1 {
+		t.Fatalf("%d connections for %v", len(p.Conns), c.Key)
+	}
+	return p.Conns[0].Conn
+}
+
+// TestStallDetection: a receiver whose socket write has been blocked for
+// no time at all by the clock is keeping up, so a sender meeting its full
+// queue waits for room and nothing is dropped; once the write has been
+// blocked longer than actors.StalledWriteAfter, the receiver is stalled
+// and the sender does not wait.
+func TestStallDetection(t *testing.T) {
+	const depth = 4
+	Run(t, func(k *Kit) {
+		a, b := k.Dial(), k.Dial()
+		bc := k.conn(t, b)
+		b.Stall()
+		for n := range 1 + depth { // one in the blocked write, depth queued
+			a.SendPacket(b.Key, payloadN(n))
+		}
+		a.SendPacket(b.Key, payloadN(depth+1)) // the queue is full: a waits
+		if d := bc.Dropped[actors.DropQueueHead].Load() + bc.Dropped[actors.DropQueueTail].Load(); d != 0 {
+			t.Fatalf("%d packets dropped for a receiver blocked for no time", d)
+		}
+		b.Resume()
+		expectPackets(t, b, a.Key, 0, 1, 2, 3, 4, 5)
+
+		b.Stall()
+		a.SendPacket(b.Key, payloadN(6))
+		k.Advance(actors.StalledWriteAfter + time.Millisecond)
+		// Stalled now: a's reader must not wait, or it could not answer
+		// the ping behind the packet.
+		a.SendPacket(b.Key, payloadN(7))
+		a.Ping([wire.PingDataLen]byte{1})
+		if got := a.Take(); len(got) != 1 || got[0].Type != wire.FramePong {
+			t.Fatalf("sender got %v, want its Pong: it waited for a stalled receiver", got)
+		}
+		b.Resume()
+		expectPackets(t, b, a.Key, 6, 7)
+	}, WithServer(client.Config{QueueDepth: depth}))
+}
+
+// TestQueueOverflowDropsOldest: a stalled receiver's full queue makes
+// room for each new packet by dropping its oldest, so it gets the newest
+// when it reads again.
+func TestQueueOverflowDropsOldest(t *testing.T) {
+	const depth = 4
+	Run(t, func(k *Kit) {
+		a, b := k.Dial(), k.Dial()
+		bc := k.conn(t, b)
+		b.Stall()
+		a.SendPacket(b.Key, payloadN(0)) // the write that blocks
+		k.Advance(actors.StalledWriteAfter + time.Millisecond)
+		for n := 1; n <= depth+3; n++ {
+			a.SendPacket(b.Key, payloadN(n))
+		}
+		if d := bc.Dropped[actors.DropQueueHead].Load(); d != 3 {
+			t.Fatalf("%d oldest packets dropped, want 3", d)
+		}
+		b.Resume()
+		expectPackets(t, b, a.Key, 0, 4, 5, 6, 7)
+	}, WithServer(client.Config{QueueDepth: depth}))
+}
+
+// TestFlowSwept: a flow counted by a real connection's reader is
+// collected at the next interval and forgotten at the first sweep after
+// it has been inactive for Inactive, not before.
+func TestFlowSwept(t *testing.T) {
+	cfg := flows.Config{Interval: time.Second, Inactive: time.Minute, Sweep: 3 * time.Minute}
+	Run(t, func(k *Kit) {
+		a, b := k.Dial(), k.Dial()
+		a.SendPacket(b.Key, payloadN(0))
+		k.Advance(cfg.Interval)
+		snap := k.Flows()
+		if len(snap.Flows) != 1 || snap.Flows[0].Src != a.Key || snap.Flows[0].Dst != b.Key || snap.Flows[0].Packets != 1 {
+			t.Fatalf("after a collection: %+v, want the one flow a→b of one packet", snap.Flows)
+		}
+		k.Advance(cfg.Sweep - cfg.Interval - time.Nanosecond)
+		if snap := k.Flows(); snap.Tracked != 1 || snap.Swept != 0 {
+			t.Fatalf("before the sweep: tracked %d, swept %d, want 1 and 0", snap.Tracked, snap.Swept)
+		}
+		k.Advance(time.Nanosecond)
+		if snap := k.Flows(); snap.Tracked != 0 || snap.Swept != 1 {
+			t.Fatalf("after the sweep: tracked %d, swept %d, want 0 and 1", snap.Tracked, snap.Swept)
+		}
+	}, WithFlows(cfg))
+}
