@@ -75,6 +75,9 @@ type Options struct {
 	Batch int
 	// Log receives the fresh actors' logs (zerolog.Nop() if unset).
 	Log *zerolog.Logger
+	// AtEnd, if set, is called once the actors are idle after the last
+	// record, before they are stopped (a heap profile, say).
+	AtEnd func()
 }
 
 // Run replays the journal r reads and reports. A journal that is cut
@@ -86,19 +89,26 @@ func Run(r *journal.Reader, opts Options) (*Report, error) {
 	started := time.Now()
 	e.wallStart = started
 	var err error
+	order := newOrderer()
 	for {
 		var rec *journal.Record
 		rec, err = r.Next()
 		if err != nil {
 			break
 		}
-		e.record(rec)
+		order.push(rec, e.record)
 	}
 	if errors.Is(err, io.EOF) {
 		err = nil
 	}
+	order.flush(e.record)
+	e.rep.Late = order.late
 	e.settle(true)
-	return e.report(time.Since(started)), err
+	elapsed := time.Since(started)
+	if opts.AtEnd != nil {
+		opts.AtEnd()
+	}
+	return e.report(elapsed), err
 }
 
 // engine is one replay. Everything but the latency table and the actors
@@ -173,7 +183,10 @@ func newEngine(h journal.Header, opts Options) *engine {
 		sysOpts = append(sysOpts, actors.WithDispatcher(e.step))
 	}
 	e.sys = actors.NewSystem(log, sysOpts...)
-	registry.Spawn(e.sys, wire.NodePublic{})
+	// The journal holds the registry's messages in the order it took
+	// them; a plain mailbox takes them in that order however many are
+	// fed before it runs.
+	registry.Spawn(e.sys, wire.NodePublic{}, registry.WithPostingOrder())
 	rejects.Spawn(e.sys, 0)
 	e.rep = Report{Scale: e.k, Dispatcher: opts.Dispatcher, Mode: "paced", Speed: opts.Speed}
 	if opts.Max {
@@ -288,7 +301,7 @@ func (e *engine) countRecorded(msg any) bool {
 		if f.PeerGone == nil {
 			f.PeerGone = make(map[string]int64)
 		}
-		f.PeerGone[m.Reason.String()]++
+		f.PeerGone[goneSlotName(goneSlot(m.Reason))]++
 	case *actors.SendPeerPresence:
 		f.Presence += int64(len(m.Updates))
 	case *actors.CloseConn:
@@ -623,7 +636,7 @@ func (e *engine) report(elapsed time.Duration) *Report {
 		prod.Restarting += cl.restarting.Load()
 		for r := range cl.peerGone {
 			if n := cl.peerGone[r].Load(); n > 0 {
-				prod.PeerGone[wire.PeerGoneReason(r).String()] += n
+				prod.PeerGone[goneSlotName(r)] += n
 			}
 		}
 		clientDepth = max(clientDepth, cl.maxDepth.Load())
@@ -640,6 +653,9 @@ func (e *engine) report(elapsed time.Duration) *Report {
 		n := e.sys.Stats.Dropped(r, actors.KindDisco) + e.sys.Stats.Dropped(r, actors.KindOther)
 		rep.DroppedByReason[r.String()] = n
 		rep.PacketsDropped += n
+	}
+	if s := elapsed.Seconds(); s > 0 {
+		rep.PacketsPerS = float64(rep.PacketsDelivered+rep.PacketsForwarded+rep.PacketsDropped) / s
 	}
 	e.maxDepth[actors.ActorClient] = clientDepth
 	rep.PerKind = make(map[string]KindReport)
@@ -669,14 +685,14 @@ func (r *Report) String() string {
 		speed = fmt.Sprintf(" ×%g", r.Speed)
 	}
 	fmt.Fprintf(&b, "replay: %s%s, %s dispatcher, scale %d\n", r.Mode, speed, r.Dispatcher, r.Scale)
-	fmt.Fprintf(&b, "journal: %d records over %.3fs: %d inputs, %d outputs, %d skipped, %d unknown connections, %d packets, %d notes\n",
-		r.Records, r.JournalS, r.Inputs, r.Outputs, r.Skipped, r.Unknown, r.PacketRecords, r.Notes)
+	fmt.Fprintf(&b, "journal: %d records over %.3fs: %d inputs, %d outputs, %d skipped, %d unknown connections, %d packets, %d notes, %d late\n",
+		r.Records, r.JournalS, r.Inputs, r.Outputs, r.Skipped, r.Unknown, r.PacketRecords, r.Notes, r.Late)
 	for _, n := range r.NoteTexts {
 		fmt.Fprintf(&b, "  note: %s\n", n)
 	}
 	fmt.Fprintf(&b, "elapsed: %.3fs; messages fed: %d (%.0f/s)\n", r.ElapsedS, r.Messages, r.MsgsPerS)
-	fmt.Fprintf(&b, "packets: %d delivered (%d bytes) to %d connections, %d forwarded to mesh links, %d dropped\n",
-		r.PacketsDelivered, r.BytesDelivered, r.Receivers, r.PacketsForwarded, r.PacketsDropped)
+	fmt.Fprintf(&b, "packets: %d delivered (%d bytes) to %d connections, %d forwarded to mesh links, %d dropped (%.0f/s)\n",
+		r.PacketsDelivered, r.BytesDelivered, r.Receivers, r.PacketsForwarded, r.PacketsDropped, r.PacketsPerS)
 	for _, k := range sortedKeys(r.DroppedByReason) {
 		if n := r.DroppedByReason[k]; n > 0 {
 			fmt.Fprintf(&b, "  dropped %s: %d\n", k, n)

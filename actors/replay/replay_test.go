@@ -268,3 +268,71 @@ func TestHistogram(t *testing.T) {
 		}
 	}
 }
+
+// A live recording reaches the file buffer by buffer, so its records are
+// out of Seq order there; the replay puts them back.
+func TestRecordsPutBackInSeqOrder(t *testing.T) {
+	ordered := pairJournal(t, 30, 10)
+	jr, err := journal.Open(bytes.NewReader(ordered))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []*journal.Record
+	for {
+		r, err := jr.Next()
+		if err != nil {
+			break
+		}
+		recs = append(recs, r)
+	}
+	// The registry's records in a chunk of their own after everyone
+	// else's, as when its buffer is flushed last.
+	var others, reg []*journal.Record
+	for _, r := range recs {
+		if r.Kind == journal.KindMessage && r.Target.Kind == actors.ActorRegistry {
+			reg = append(reg, r)
+		} else {
+			others = append(others, r)
+		}
+	}
+	var buf bytes.Buffer
+	w, err := journal.NewWriter(&buf, journal.Header{Start: testStart})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range append(others, reg...) {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := run(t, ordered, Options{Max: true}).Counts()
+	got := run(t, buf.Bytes(), Options{Max: true}).Counts()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("replay of the records out of order:\n%+v\nin order:\n%+v", got, want)
+	}
+}
+
+func TestOrdererGap(t *testing.T) {
+	o := newOrderer()
+	var got []uint64
+	feed := func(r *journal.Record) { got = append(got, r.Seq) }
+	push := func(seq uint64, at time.Duration) { o.push(&journal.Record{Seq: seq, At: at}, feed) }
+	push(1, 0)
+	push(3, 0) // 2 is missing
+	push(4, time.Millisecond)
+	if !reflect.DeepEqual(got, []uint64{1}) {
+		t.Fatalf("fed %v before the gap aged; want [1]", got)
+	}
+	push(5, reorderWindow+2*time.Millisecond) // the gap is older than the window now
+	if !reflect.DeepEqual(got, []uint64{1, 3, 4, 5}) {
+		t.Fatalf("fed %v; want [1 3 4 5]", got)
+	}
+	push(2, 0) // too late to go in order
+	o.flush(feed)
+	if o.late != 1 || !reflect.DeepEqual(got, []uint64{1, 3, 4, 5, 2}) {
+		t.Errorf("fed %v, %d late; want [1 3 4 5 2], 1", got, o.late)
+	}
+}

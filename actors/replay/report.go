@@ -23,6 +23,7 @@ type Report struct {
 	Skipped   int64    `json:"skipped"`  // message records neither fed nor compared (queries, timers, opaque)
 	Unknown   int64    `json:"unknown"`  // inputs naming a connection the journal never registered (registered before recording began)
 	Notes     int64    `json:"notes"`    // recorder notes
+	Late      int64    `json:"late"`     // records that reached the file too far out of Seq order to be put back in it
 	NoteTexts []string `json:"note_texts,omitempty"`
 
 	PacketRecords    int64            `json:"packet_records"`
@@ -52,6 +53,9 @@ type Report struct {
 	Elapsed  time.Duration `json:"-"`          // wall time of the replay
 	ElapsedS float64       `json:"elapsed_s"`  // the same, in seconds
 	MsgsPerS float64       `json:"msgs_per_s"` // Messages / Elapsed
+	// PacketsPerS: packets routed (delivered, forwarded or dropped) per
+	// second of Elapsed.
+	PacketsPerS float64 `json:"packets_per_s"`
 }
 
 // KindReport is one actor kind's share of a replay.
@@ -82,13 +86,13 @@ type Latency struct {
 // Counts is the part of a report that does not depend on the machine:
 // what two -max replays of one journal must agree on.
 type Counts struct {
-	Records, Inputs, Messages, Outputs, Skipped, Unknown int64
-	PacketRecords, PacketsDelivered, BytesDelivered      int64
-	Receivers, PacketsForwarded, PacketsDropped          int64
-	DroppedByReason                                      map[string]int64
-	Processed                                            map[string]int64
-	MaxMailboxDepth                                      int64
-	Recorded, Produced                                   ClientFrames
+	Records, Inputs, Messages, Outputs, Skipped, Unknown, Late int64
+	PacketRecords, PacketsDelivered, BytesDelivered            int64
+	Receivers, PacketsForwarded, PacketsDropped                int64
+	DroppedByReason                                            map[string]int64
+	Processed                                                  map[string]int64
+	MaxMailboxDepth                                            int64
+	Recorded, Produced                                         ClientFrames
 }
 
 // Counts returns the report's machine-independent part.
@@ -99,7 +103,7 @@ func (r *Report) Counts() Counts {
 	}
 	return Counts{
 		Records: r.Records, Inputs: r.Inputs, Messages: r.Messages, Outputs: r.Outputs,
-		Skipped: r.Skipped, Unknown: r.Unknown,
+		Skipped: r.Skipped, Unknown: r.Unknown, Late: r.Late,
 		PacketRecords: r.PacketRecords, PacketsDelivered: r.PacketsDelivered, BytesDelivered: r.BytesDelivered,
 		Receivers:        r.Receivers,
 		PacketsForwarded: r.PacketsForwarded, PacketsDropped: r.PacketsDropped,

@@ -25,20 +25,32 @@ type simClient struct {
 	mbox *actors.MailboxStats
 
 	registered, presence, closes, restarting atomic.Int64
-	peerGone                                 [numGoneReasons]atomic.Int64
-	maxDepth                                 atomic.Int64 // deepest its mailbox was when it took a message
+	peerGone                                 [numGoneReasons]atomic.Int64 // by reason; the last slot for any other
+	maxDepth                                 atomic.Int64                 // deepest its mailbox was when it took a message
 }
 
-// numGoneReasons covers every PeerGoneReason a byte can hold, so an
-// unexpected reason is counted, not lost.
-const numGoneReasons = 256
+// numGoneReasons: the two reasons the protocol defines, and one slot for
+// any other, so an unexpected reason is counted, not lost (a slot per
+// possible byte would cost 2 KiB per simulated client).
+const numGoneReasons = 3
+
+// goneSlot is reason's slot in simClient.peerGone.
+func goneSlot(reason wire.PeerGoneReason) int { return min(int(reason), numGoneReasons-1) }
+
+// goneSlotName is the report's name for a slot.
+func goneSlotName(slot int) string {
+	if slot == numGoneReasons-1 {
+		return "other"
+	}
+	return wire.PeerGoneReason(slot).String()
+}
 
 func (c *simClient) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actors.Registered:
 		c.registered.Add(1)
 	case *actors.SendPeerGone:
-		c.peerGone[m.Reason].Add(1)
+		c.peerGone[goneSlot(m.Reason)].Add(1)
 	case *actors.SendPeerPresence:
 		c.presence.Add(int64(len(m.Updates)))
 	case *actors.CloseConn:

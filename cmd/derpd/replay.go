@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 
 	"github.com/derpd/derpd/actors/journal"
 	"github.com/derpd/derpd/actors/replay"
@@ -40,6 +41,8 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opts.Scale, "scale", 1, "clone every recorded client this many times, each with a key of its own")
 	fs.StringVar(&opts.Dispatcher, "dispatcher", "", `with -max: "step" (default; counts identical on every run) or "default" (protoactor's, as live)`)
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the replay to this file")
+	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the replay to this file")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: derpd replay [-speed N | -max] [-scale K] [-json] FILE")
 		fs.PrintDefaults()
@@ -80,6 +83,26 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "derpd replay: %s: %v\n", name, err)
 		return 1
 	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "derpd replay:", err)
+			return 1
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			fmt.Fprintln(stderr, "derpd replay:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		opts.AtEnd = func() {
+			if err := writeHeapProfile(*memProfile); err != nil {
+				fmt.Fprintln(stderr, "derpd replay:", err)
+			}
+		}
+	}
 	rep, err := replay.Run(jr, opts)
 	if rep != nil {
 		if *asJSON {
@@ -99,4 +122,18 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// writeHeapProfile writes the heap as it is while the replay's actors are
+// all still there.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
