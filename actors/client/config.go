@@ -17,7 +17,8 @@ import (
 const (
 	// HandshakeTimeout bounds sending ServerKey, reading ClientInfo and
 	// admission together. Without it a client that connects and says
-	// nothing would hold its socket and goroutine forever.
+	// nothing would hold its socket and goroutine forever. It is the
+	// default of Config.HandshakeTimeout.
 	HandshakeTimeout = 10 * time.Second
 
 	// DefaultWriteTimeout is how long a write to an ordinary client may
@@ -69,9 +70,21 @@ type Config struct {
 	KeepAlive    time.Duration // 0 means KeepAliveInterval
 	QueueDepth   int           // per queue; 0 means 32
 
+	// HandshakeTimeout is the handshake deadline; 0 means
+	// HandshakeTimeout. derpd always uses the default; tests of hostile
+	// handshakes shorten it so as not to wait ten seconds for each cut.
+	HandshakeTimeout time.Duration
+
 	// Admit, if set, decides whether a non-mesh client may connect. It
 	// runs inside the handshake deadline (ctx carries it).
 	Admit func(ctx context.Context, key wire.NodePublic, addr netip.AddrPort) error
+}
+
+func (c *Config) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout > 0 {
+		return c.HandshakeTimeout
+	}
+	return HandshakeTimeout
 }
 
 func (c *Config) keepAlive() time.Duration {

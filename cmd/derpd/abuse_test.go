@@ -19,20 +19,28 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/derpd/derpd/actors"
-	"github.com/derpd/derpd/actors/client"
 	"github.com/derpd/derpd/actors/leakcheck"
 	"github.com/derpd/derpd/wire"
 )
 
-// The deadlines that cut hostile handshakes off, as derpd has them:
-// net/http's ReadHeaderTimeout on the main listener (main.go) for a
-// request that never ends, and client.HandshakeTimeout for a DERP
-// handshake that never ends. Neither can be shortened from a test, so
-// this test lasts the longer of the two.
+// The deadlines that cut hostile handshakes off, shortened for the test
+// (derpd's are 30 s and client.HandshakeTimeout, see timeouts.go):
+// net/http's header and read deadline on the main listener for a request
+// that never ends, and the DERP handshake deadline for a handshake that
+// never ends. Long enough for a loaded machine to dial and upgrade every
+// abuser before the first are cut off.
 const (
-	abuseHTTPDeadline = 30 * time.Second
-	abuseDERPDeadline = client.HandshakeTimeout
+	abuseHTTPDeadline = 2 * time.Second
+	abuseDERPDeadline = 2 * time.Second
 )
+
+// shortenHandshakeDeadlines gives the servers a test starts after it the
+// abuse deadlines, until the test ends (and its servers have stopped).
+func shortenHandshakeDeadlines(t *testing.T) {
+	oldHTTP, oldDERP := httpReadTimeout, handshakeTimeout
+	httpReadTimeout, handshakeTimeout = abuseHTTPDeadline, abuseDERPDeadline
+	t.Cleanup(func() { httpReadTimeout, handshakeTimeout = oldHTTP, oldDERP })
+}
 
 // Connections that attack the handshake, a thousand at once, each kind a
 // quarter of them:
@@ -52,9 +60,7 @@ const (
 // they are gone the server's goroutines and actors are back to what they
 // were.
 func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
-	if testing.Short() {
-		t.Skipf("lasts derpd's %v HTTP header deadline", abuseHTTPDeadline)
-	}
+	shortenHandshakeDeadlines(t)
 	p := startInProcess(t)
 	host := strings.TrimPrefix(p.base, "http://")
 	a, b := abuseConnect(t, host), abuseConnect(t, host)
@@ -78,29 +84,34 @@ func TestHandshakeAbuseIsCutOffAndCostsLittle(t *testing.T) {
 			c.Close()
 		}
 	})
-	started := time.Now()
-	for _, kind := range kinds {
-		var cs []net.Conn
+	conns = make([][]net.Conn, len(kinds))
+	dial := func(k int) {
 		for range perKind {
 			c, err := net.Dial("tcp", host)
 			if err != nil {
-				t.Fatalf("dialling a %s connection: %v", kind, err)
+				t.Fatalf("dialling a %s connection: %v", kinds[k], err)
 			}
 			all = append(all, c)
-			cs = append(cs, c)
+			conns[k] = append(conns[k], c)
 		}
-		conns = append(conns, cs)
 	}
-	// The DERP abusers upgrade and read ServerKey: the server is then in
-	// the handshake for each of them.
+	started := time.Now()
+	// The DERP abusers first, as upgrading them takes longest: each
+	// upgrades and reads ServerKey, and the server is then in the
+	// handshake for it. The others are dialled after, so that every
+	// abuser is connected well within the shortened deadlines.
+	dial(2)
+	dial(3)
 	for i, c := range slices.Concat(conns[2], conns[3]) {
 		abuseUpgrade(t, c, host)
 		if i >= perKind {
 			c.Write(wire.AppendHeader(nil, wire.FrameClientInfo, wire.MaxClientInfoLen))
 		}
 	}
+	dial(0)
+	dial(1)
 	// The dribblers: one goroutine, a byte to each every 100 ms, from a
-	// request far longer than 30 s of dribbling.
+	// request far longer than the deadline's worth of dribbling.
 	request := "GET /derp HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nX-Padding: " + strings.Repeat("x", 4096) + "\r\n\r\n"
 	stopDribbling := make(chan struct{})
 	dribbled := make(chan struct{})
