@@ -23,9 +23,11 @@ type Recorder interface {
 // alone calls it.
 type PacketRecorder interface {
 	// RecordPacket records a packet read from connection conn with source
-	// src toward dst, before it is routed. payload is only read, during
-	// the call.
-	RecordPacket(conn uint64, src, dst wire.NodePublic, payload []byte, disco, forwarded bool)
+	// src toward dst, before it is routed. at is when it was read, in unix
+	// nanoseconds on the System's clock: the reader's stamp of its last
+	// socket read, which spares a clock read per packet. payload is only
+	// read, during the call.
+	RecordPacket(at int64, conn uint64, src, dst wire.NodePublic, payload []byte, disco, forwarded bool)
 	// Close hands over what is still buffered: the reader has ended.
 	Close()
 }

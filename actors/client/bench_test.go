@@ -4,12 +4,15 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/derpd/derpd/actors"
+	"github.com/derpd/derpd/actors/journal"
 	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
 )
 
 // BenchmarkOutboxHandoff measures handing a packet to a destination's
@@ -37,8 +40,22 @@ func BenchmarkOutboxHandoff(b *testing.B) {
 // a client's SendPacket frames are read, routed and written to the
 // receiver as RecvPacket frames. Allocations are counted process-wide, so
 // "0 allocs/op" means the steady-state relay allocates nothing per packet.
-func BenchmarkRelay(b *testing.B) {
-	s := startTestServer(b, Config{})
+func BenchmarkRelay(b *testing.B) { benchmarkRelay(b) }
+
+// BenchmarkRelayRecording is BenchmarkRelay with derpd -record on: every
+// packet and every actor message is journaled (to a file in the test's
+// temporary directory), payloads by size only.
+func BenchmarkRelayRecording(b *testing.B) {
+	rec, err := journal.Create(filepath.Join(b.TempDir(), "relay.journal"), journal.RecorderConfig{Log: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rec.Close()
+	benchmarkRelay(b, actors.WithRecorder(rec))
+}
+
+func benchmarkRelay(b *testing.B, opts ...actors.Option) {
+	s := startTestServer(b, Config{}, opts...)
 	a := s.connect(b, clientInfo)
 	rcv := s.connect(b, clientInfo)
 	const payload = 1280

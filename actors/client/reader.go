@@ -385,7 +385,7 @@ func (r *reader) forwardPacket(n uint32) error {
 // queue; a destination that has stopped reading is never waited for.
 func (r *reader) route(dst wire.NodePublic, p *wire.Packet, disco, forwarded bool) {
 	if r.packets != nil {
-		r.packets.RecordPacket(r.conn.ID, p.Source(), dst, p.Payload(), disco, forwarded)
+		r.packets.RecordPacket(r.now, r.conn.ID, p.Source(), dst, p.Payload(), disco, forwarded)
 	}
 	if rt := r.routes.Lookup(dst); rt != nil {
 		if rt.Local != nil {

@@ -326,17 +326,29 @@ func TestOversizedMessage(t *testing.T) {
 	}
 }
 
-// Encoding a message type numbered 128 or more moves the body right by
-// one byte: check it survives.
-func TestTwoByteType(t *testing.T) {
-	b := appendMessageRecord(nil, 1, 0, 0, 0, &actors.Registered{})
+// Records of every length class (one, two and three length bytes) read
+// back whole.
+func TestRecordLengths(t *testing.T) {
 	var buf bytes.Buffer
-	buf.Write(AppendHeader(nil, Header{}))
-	buf.Write(b)
-	buf.Write(AppendEnd(nil))
+	w, _ := NewWriter(&buf, Header{Start: testStart})
+	var want []*actors.SendPeerPresence
+	for _, n := range []int{0, 1, 2, 3, 200, 500, 2000} {
+		m := &actors.SendPeerPresence{Updates: make([]actors.PeerPresence, n)}
+		for i := range m.Updates {
+			m.Updates[i] = actors.PeerPresence{Peer: testKey(byte(i)), Flags: wire.PeerPresentFlags(i % 3)}
+		}
+		w.Write(&Record{Kind: KindMessage, Msg: m})
+		want = append(want, m)
+	}
+	w.Close()
 	_, recs, err := readAll(buf.Bytes())
-	if err != io.EOF || len(recs) != 1 {
-		t.Fatal(err)
+	if err != io.EOF || len(recs) != len(want) {
+		t.Fatalf("%v after %d records", err, len(recs))
+	}
+	for i, r := range recs {
+		if !reflect.DeepEqual(r.Msg, want[i]) {
+			t.Errorf("record %d of %d updates differs", i, len(want[i].Updates))
+		}
 	}
 }
 

@@ -62,9 +62,11 @@ type Recorder struct {
 	cfg   RecorderConfig
 	clock actors.Clock
 	start time.Time
-	out   io.Writer
-	file  io.Closer // nil when the caller owns the writer
-	w     *Writer
+	// startNs is start in unix ns, the origin of packets' read stamps.
+	startNs int64
+	out     io.Writer
+	file    io.Closer // nil when the caller owns the writer
+	w       *Writer
 
 	seq     atomic.Uint64
 	queued  atomic.Int64 // bytes of records handed to the writer
@@ -123,6 +125,7 @@ func NewRecorder(w io.Writer, cfg RecorderConfig) (*Recorder, error) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	r.w = jw
+	r.startNs = r.start.UnixNano()
 	go r.writeLoop()
 	r.timer = r.clock.AfterFunc(cfg.FlushEvery, r.tick)
 	return r, nil
@@ -301,15 +304,15 @@ func (b *Buffer) Message(msg any) {
 }
 
 // RecordPacket implements actors.PacketRecorder: a packet the reader of
-// connection conn routes toward dst. The payload is recorded only when
-// the Recorder records payloads.
-func (b *Buffer) RecordPacket(conn uint64, src, dst wire.NodePublic, payload []byte, disco, forwarded bool) {
+// connection conn read at (unix ns) and routes toward dst. The payload is
+// recorded only when the Recorder records payloads.
+func (b *Buffer) RecordPacket(at int64, conn uint64, src, dst wire.NodePublic, payload []byte, disco, forwarded bool) {
 	r := b.rec
 	if r.stopped.Load() {
 		return
 	}
 	b.mu.Lock()
-	b.buf = appendPacketRecord(b.buf, r.seq.Add(1), r.since(), conn, &src, &dst, len(payload), disco, forwarded, payload, r.cfg.Payloads)
+	b.buf = appendPacketRecord(b.buf, r.seq.Add(1), time.Duration(at-r.startNs), conn, &src, &dst, len(payload), disco, forwarded, payload, r.cfg.Payloads)
 	b.filled()
 	b.mu.Unlock()
 }

@@ -96,15 +96,13 @@ func (w *Writer) Close() error {
 	return w.Flush()
 }
 
-// maxLenBytes is the room reserved in front of a body for its length:
-// a uvarint of up to MaxRecordBytes takes 3 bytes.
-const maxLenBytes = 3
-
-// beginRecord reserves room for the length and writes the body's common
-// part; endRecord fills in the length and appends the checksum.
+// beginRecord reserves one byte for the length, which is all most
+// records need (a packet without its payload is about 80 bytes), and
+// writes the body's common part; endRecord fills in the length, moving
+// the body right if the length takes more, and appends the checksum.
 func beginRecord(b []byte, kind Kind, seq uint64, at time.Duration, target byte, id uint64, typ MsgType) ([]byte, int) {
 	start := len(b)
-	b = append(b, 0, 0, 0, byte(kind))
+	b = append(b, 0, byte(kind))
 	b = binary.AppendUvarint(b, seq)
 	b = binary.AppendUvarint(b, uint64(max(at, 0)))
 	b = append(b, target)
@@ -114,17 +112,18 @@ func beginRecord(b []byte, kind Kind, seq uint64, at time.Duration, target byte,
 }
 
 func endRecord(b []byte, start int) []byte {
-	body := len(b) - start - maxLenBytes
-	var lb [binary.MaxVarintLen64]byte
-	n := binary.PutUvarint(lb[:], uint64(body))
-	if n < maxLenBytes {
-		// Slide the body left over the unused length bytes.
-		copy(b[start+n:], b[start+maxLenBytes:])
-		b = b[:len(b)-(maxLenBytes-n)]
+	body := len(b) - start - 1
+	if body < 0x80 {
+		b[start] = byte(body)
+	} else {
+		var lb [binary.MaxVarintLen64]byte
+		n := binary.PutUvarint(lb[:], uint64(body))
+		b = append(b, lb[:n-1]...) // room for the extra length bytes
+		copy(b[start+n:], b[start+1:start+1+body])
+		copy(b[start:], lb[:n])
 	}
-	copy(b[start:], lb[:n])
-	bodyAt := start + n
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[bodyAt:], castagnoli))
+	n := len(b) - start - body
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[start+n:], castagnoli))
 }
 
 // AppendMessage appends a KindMessage record of msg delivered to target.
@@ -139,7 +138,7 @@ func appendMessageRecord(b []byte, seq uint64, at time.Duration, target byte, id
 	b, start := beginRecord(b, KindMessage, seq, at, target, id, 0)
 	typeAt := len(b) - 1 // TypeOpaque's uvarint is one byte: patched below
 	b, typ := appendMessage(b, msg)
-	if len(b)-start-maxLenBytes > MaxRecordBytes {
+	if len(b)-start-1 > MaxRecordBytes {
 		b = appendString(b[:typeAt+1], "oversized "+opaqueName(msg))
 		typ = TypeOpaque
 	}
