@@ -100,6 +100,15 @@ test-fuzz:
 fuzz:
 	@.ci/fuzz $(FUZZTIME) $(FUZZ_TARGETS)
 
+# The whole-relay simulation (actors/sim, docs/testing.md "Whole-relay
+# simulation"): test-main runs its default few hundred seeds; this runs
+# SEEDS of them from SEED_FIRST, without the race detector, on every core.
+.PHONY: sim
+SEEDS ?= 5000
+SEED_FIRST ?= 1
+sim:
+	go test -count=1 -timeout 60m ./actors/sim -run '^TestSim$$' -seeds=$(SEEDS) -first=$(SEED_FIRST) -v
+
 bench:
 	go test -run=XXX -bench=. -benchmem ./wire/ ./actors/... ./stun/
 
