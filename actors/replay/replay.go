@@ -130,6 +130,9 @@ type engine struct {
 	cloned  map[wire.NodePublic][]wire.NodePublic // clone keys, computed once per key
 	waiter  actors.Waiter
 	rejects actors.RejectTally // unroutable packets since the last settle
+	// tallyFirst: connections whose FlowTallyStarted came before their
+	// Register (a connection hands its tally to the flows actor first).
+	tallyFirst map[uint64]bool
 
 	pending  int                        // messages fed since the actors last caught up
 	maxDepth map[actors.ActorKind]int64 // the singletons' deepest mailboxes seen
@@ -173,6 +176,8 @@ func newEngine(h journal.Header, opts Options) *engine {
 		conns:    make(map[uint64][]*simConn),
 		maxDepth: make(map[actors.ActorKind]int64),
 		fed:      make(map[any]time.Time),
+
+		tallyFirst: make(map[uint64]bool),
 	}
 	if e.k > 1 {
 		e.cloned = make(map[wire.NodePublic][]wire.NodePublic)
@@ -336,6 +341,10 @@ func (e *engine) register(orig *actors.Conn) {
 	for _, sc := range clones {
 		e.send(e.sys.Registry, &actors.Register{Conn: sc.conn})
 	}
+	if e.tallyFirst[orig.ID] {
+		delete(e.tallyFirst, orig.ID)
+		e.startTallies(clones, true)
+	}
 }
 
 func (e *engine) newSimConn(orig *actors.Conn, i int) *simConn {
@@ -408,14 +417,29 @@ func (e *engine) flowTally(t *actors.FlowTally, started bool) {
 		e.rep.Unknown++
 		return
 	}
-	clones := e.conns[t.Conn]
-	if clones == nil {
-		e.rep.Unknown++
-		return
-	}
 	if e.sys.Flows == nil {
 		flows.Spawn(e.sys, flows.Config{})
 	}
+	clones := e.conns[t.Conn]
+	if clones == nil {
+		// A connection hands its tally over just before it registers:
+		// start the clones' tallies once they exist.
+		switch {
+		case started:
+			e.tallyFirst[t.Conn] = true
+		case e.tallyFirst[t.Conn]:
+			delete(e.tallyFirst, t.Conn) // it never registered
+		default:
+			e.rep.Unknown++
+		}
+		return
+	}
+	e.startTallies(clones, started)
+}
+
+// startTallies gives each clone a tally of its own (started) or lets
+// the clones' tallies go.
+func (e *engine) startTallies(clones []*simConn, started bool) {
 	for _, sc := range clones {
 		switch {
 		case started && sc.tally == nil:

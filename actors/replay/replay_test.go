@@ -336,3 +336,25 @@ func TestOrdererGap(t *testing.T) {
 		t.Errorf("fed %v, %d late; want [1 3 4 5 2], 1", got, o.late)
 	}
 }
+
+// A connection hands its flow tally to the flows actor just before it
+// registers, so its FlowTallyStarted may come first in the journal.
+func TestFlowTallyBeforeRegister(t *testing.T) {
+	b := newBuilder(t)
+	a, c := conn(1, 1), conn(2, 2)
+	toFlows := journal.Target{Kind: actors.ActorFlows}
+	for _, x := range []*actors.Conn{a, c} {
+		b.write(&journal.Record{Kind: journal.KindMessage, Target: toFlows, Msg: &actors.FlowTallyStarted{Tally: actors.NewFlowTally(x.ID, 0)}})
+		b.toRegistry(&actors.Register{Conn: x})
+	}
+	b.packet(a, c.Key, 10)
+	b.write(&journal.Record{Kind: journal.KindMessage, Target: toFlows, Msg: &actors.FlowTallyEnded{Tally: actors.NewFlowTally(a.ID, 0)}})
+	rep := run(t, b.bytes(), Options{Max: true})
+	if rep.Unknown != 0 {
+		t.Errorf("%d inputs named unknown connections; want 0", rep.Unknown)
+	}
+	// Started, two tallies handed over, one ended.
+	if got := rep.PerKind[string(actors.ActorFlows)].Processed; got != 4 {
+		t.Errorf("flows actor processed %d messages; want 4", got)
+	}
+}
