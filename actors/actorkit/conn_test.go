@@ -108,17 +108,22 @@ func TestStallDetection(t *testing.T) {
 		expectPackets(t, b, a.Key, 0, 1, 2, 3, 4, 5)
 
 		b.Stall()
-		a.SendPacket(b.Key, payloadN(6))
+		for n := 6; n < 6+1+depth; n++ { // as before: the queue is full
+			a.SendPacket(b.Key, payloadN(n))
+		}
 		k.Advance(actors.StalledWriteAfter + time.Millisecond)
 		// Stalled now: a's reader must not wait, or it could not answer
 		// the ping behind the packet.
-		a.SendPacket(b.Key, payloadN(7))
+		a.SendPacket(b.Key, payloadN(11))
 		a.Ping([wire.PingDataLen]byte{1})
 		if got := a.Take(); len(got) != 1 || got[0].Type != wire.FramePong {
 			t.Fatalf("sender got %v, want its Pong: it waited for a stalled receiver", got)
 		}
+		if d := bc.Dropped[actors.DropQueueHead].Load(); d != 1 {
+			t.Fatalf("%d oldest packets dropped for a stalled receiver, want 1", d)
+		}
 		b.Resume()
-		expectPackets(t, b, a.Key, 6, 7)
+		expectPackets(t, b, a.Key, 6, 8, 9, 10, 11)
 	}, WithServer(client.Config{QueueDepth: depth}))
 }
 
@@ -145,8 +150,9 @@ func TestQueueOverflowDropsOldest(t *testing.T) {
 }
 
 // TestFlowSwept: a flow counted by a real connection's reader is
-// collected at the next interval and forgotten at the first sweep after
-// it has been inactive for Inactive, not before.
+// collected at the next interval, survives a sweep while it has been
+// active within Inactive, and is forgotten at the first sweep after it
+// has been inactive that long, not before.
 func TestFlowSwept(t *testing.T) {
 	cfg := flows.Config{Interval: time.Second, Inactive: time.Minute, Sweep: 3 * time.Minute}
 	Run(t, func(k *Kit) {
@@ -157,13 +163,20 @@ func TestFlowSwept(t *testing.T) {
 		if len(snap.Flows) != 1 || snap.Flows[0].Src != a.Key || snap.Flows[0].Dst != b.Key || snap.Flows[0].Packets != 1 {
 			t.Fatalf("after a collection: %+v, want the one flow a→b of one packet", snap.Flows)
 		}
-		k.Advance(cfg.Sweep - cfg.Interval - time.Nanosecond)
+		// Active again half a minute before the first sweep.
+		k.Advance(cfg.Sweep - 30*time.Second - cfg.Interval)
+		a.SendPacket(b.Key, payloadN(1))
+		k.Advance(30 * time.Second)
 		if snap := k.Flows(); snap.Tracked != 1 || snap.Swept != 0 {
-			t.Fatalf("before the sweep: tracked %d, swept %d, want 1 and 0", snap.Tracked, snap.Swept)
+			t.Fatalf("after a sweep that found it active: tracked %d, swept %d, want 1 and 0", snap.Tracked, snap.Swept)
+		}
+		k.Advance(cfg.Sweep - time.Nanosecond)
+		if snap := k.Flows(); snap.Tracked != 1 || snap.Swept != 0 {
+			t.Fatalf("before the next sweep: tracked %d, swept %d, want 1 and 0", snap.Tracked, snap.Swept)
 		}
 		k.Advance(time.Nanosecond)
 		if snap := k.Flows(); snap.Tracked != 0 || snap.Swept != 1 {
-			t.Fatalf("after the sweep: tracked %d, swept %d, want 0 and 1", snap.Tracked, snap.Swept)
+			t.Fatalf("after the next sweep: tracked %d, swept %d, want 0 and 1", snap.Tracked, snap.Swept)
 		}
 	}, WithFlows(cfg))
 }
