@@ -11,6 +11,11 @@ test-main:
 	# Allocation counts are meaningless under the race detector (sync.Pool
 	# drops items on purpose there), so those tests run once more without it.
 	go test -count=1 -run 'Alloc' ./...
+	# The deterministic actor tests must give the same answer every time:
+	# fifty runs in a row under the race detector (seconds).
+	go test -race -count=50 $(DETERMINISTIC_PKGS)
+
+DETERMINISTIC_PKGS = ./actors/actorkit
 
 INTEROP_TAGS = -tags ts_debug_websockets  # compiles in Tailscale's WebSocket client
 test-interop:
