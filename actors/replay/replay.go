@@ -731,8 +731,8 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "max mailbox depth: %d\n", r.MaxMailboxDepth)
 	l := r.Latency
 	fmt.Fprintf(&b, "mailbox latency of %d inputs: p50 %.1fµs p90 %.1fµs p99 %.1fµs max %.1fµs\n", l.Samples, l.P50, l.P90, l.P99, l.Max)
-	fmt.Fprintf(&b, "frames to clients     recorded   produced\n")
-	row := func(name string, rec, prod int64) { fmt.Fprintf(&b, "  %-18s %10d %10d\n", name, rec, prod) }
+	fmt.Fprintf(&b, "frames to clients          recorded   produced\n")
+	row := func(name string, rec, prod int64) { fmt.Fprintf(&b, "  %-22s %10d %10d\n", name, rec, prod) }
 	row("Registered", r.Recorded.Registered, r.Produced.Registered)
 	reasons := map[string]bool{}
 	for k := range r.Recorded.PeerGone {
