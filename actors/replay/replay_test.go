@@ -358,3 +358,41 @@ func TestFlowTallyBeforeRegister(t *testing.T) {
 		t.Errorf("flows actor processed %d messages; want 4", got)
 	}
 }
+
+// Packets for a key a mesh link announces go to the link; a mesh peer's
+// forwarded packet for a key not connected here is unknown_dest_on_fwd
+// (a packet crosses at most one mesh hop); after the
+// link goes down its keys are unknown. The mesh peer's own connection is
+// not cloned at -scale.
+func TestMeshRouting(t *testing.T) {
+	b := newBuilder(t)
+	a := conn(1, 1)
+	peer := &actors.Conn{ID: 2, Key: key(200), CanMesh: true, Since: testStart}
+	remote := key(50) // connected to the peer server
+	b.toRegistry(&actors.Register{Conn: a})
+	b.toRegistry(&actors.Register{Conn: peer})
+	b.toRegistry(&actors.MeshLinkUp{Link: 7, Peer: "peer.example", PeerKey: key(200)})
+	b.toRegistry(&actors.MeshUpdate{Link: 7, Updates: []actors.MeshPeerUpdate{{Key: remote, Present: true}}})
+	b.packet(a, remote, 10) // forwarded to the link
+	b.write(&journal.Record{Kind: journal.KindPacket, Target: journal.Target{Kind: actors.ActorClient, ID: peer.ID},
+		Packet: journal.PacketRecord{SrcConn: peer.ID, Src: remote, Dst: a.Key, Size: 20, Forwarded: true}}) // delivered to a
+	b.write(&journal.Record{Kind: journal.KindPacket, Target: journal.Target{Kind: actors.ActorClient, ID: peer.ID},
+		Packet: journal.PacketRecord{SrcConn: peer.ID, Src: key(51), Dst: remote, Size: 20, Forwarded: true}}) // never forwarded twice
+	b.toRegistry(&actors.MeshLinkDown{Link: 7})
+	b.packet(a, remote, 10) // gone with the link
+	data := b.bytes()
+	for _, scale := range []int{1, 4} {
+		rep := run(t, data, Options{Max: true, Scale: scale})
+		k := int64(scale)
+		if rep.PacketsForwarded != k || rep.PacketsDelivered != k {
+			t.Errorf("scale %d: forwarded %d, delivered %d; want %d, %d", scale, rep.PacketsForwarded, rep.PacketsDelivered, k, k)
+		}
+		if rep.DroppedByReason["unknown_dest_on_fwd"] != k || rep.DroppedByReason["unknown_dest"] != k {
+			t.Errorf("scale %d: dropped %v; want %d unknown_dest_on_fwd and %d unknown_dest", scale, rep.DroppedByReason, k, k)
+		}
+		// a and its clones, and the peer's single connection.
+		if rep.Produced.Registered != k+1 {
+			t.Errorf("scale %d: %d Registered; want %d", scale, rep.Produced.Registered, k+1)
+		}
+	}
+}

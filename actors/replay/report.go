@@ -1,10 +1,14 @@
 package replay
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"sort"
+	"strings"
 	"time"
+
+	"github.com/derpd/derpd/actors"
 )
 
 // Report is what a replay found. Its counts (see Counts) are the same on
@@ -173,4 +177,53 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// String renders the report for a terminal.
+func (r *Report) String() string {
+	var b strings.Builder
+	speed := ""
+	if r.Mode == "paced" {
+		speed = fmt.Sprintf(" ×%g", r.Speed)
+	}
+	fmt.Fprintf(&b, "replay: %s%s, %s dispatcher, scale %d\n", r.Mode, speed, r.Dispatcher, r.Scale)
+	fmt.Fprintf(&b, "journal: %d records over %.3fs: %d inputs, %d outputs, %d skipped, %d unknown connections, %d packets, %d notes, %d late\n",
+		r.Records, r.JournalS, r.Inputs, r.Outputs, r.Skipped, r.Unknown, r.PacketRecords, r.Notes, r.Late)
+	for _, n := range r.NoteTexts {
+		fmt.Fprintf(&b, "  note: %s\n", n)
+	}
+	fmt.Fprintf(&b, "elapsed: %.3fs; messages fed: %d (%.0f/s)\n", r.ElapsedS, r.Messages, r.MsgsPerS)
+	fmt.Fprintf(&b, "packets: %d delivered (%d bytes) to %d connections, %d forwarded to mesh links, %d dropped (%.0f/s)\n",
+		r.PacketsDelivered, r.BytesDelivered, r.Receivers, r.PacketsForwarded, r.PacketsDropped, r.PacketsPerS)
+	for _, k := range sortedKeys(r.DroppedByReason) {
+		if n := r.DroppedByReason[k]; n > 0 {
+			fmt.Fprintf(&b, "  dropped %s: %d\n", k, n)
+		}
+	}
+	fmt.Fprintf(&b, "actors (processed, per second, deepest mailbox):\n")
+	for _, k := range actors.ActorKinds {
+		if kr, ok := r.PerKind[string(k)]; ok {
+			fmt.Fprintf(&b, "  %-9s %10d %12.0f/s %8d\n", k, kr.Processed, kr.MsgsPerS, kr.MaxDepth)
+		}
+	}
+	fmt.Fprintf(&b, "max mailbox depth: %d\n", r.MaxMailboxDepth)
+	l := r.Latency
+	fmt.Fprintf(&b, "mailbox latency of %d inputs: p50 %.1fµs p90 %.1fµs p99 %.1fµs max %.1fµs\n", l.Samples, l.P50, l.P90, l.P99, l.Max)
+	fmt.Fprintf(&b, "frames to clients          recorded   produced\n")
+	row := func(name string, rec, prod int64) { fmt.Fprintf(&b, "  %-22s %10d %10d\n", name, rec, prod) }
+	row("Registered", r.Recorded.Registered, r.Produced.Registered)
+	reasons := map[string]bool{}
+	for k := range r.Recorded.PeerGone {
+		reasons[k] = true
+	}
+	for k := range r.Produced.PeerGone {
+		reasons[k] = true
+	}
+	for _, k := range sortedKeys(reasons) {
+		row("PeerGone "+k, r.Recorded.PeerGone[k], r.Produced.PeerGone[k])
+	}
+	row("presence entries", r.Recorded.Presence, r.Produced.Presence)
+	row("CloseConn", r.Recorded.CloseConn, r.Produced.CloseConn)
+	row("Restarting", r.Recorded.Restarting, r.Produced.Restarting)
+	return b.String()
 }

@@ -123,4 +123,21 @@ func TestReplayOfLiveRecording(t *testing.T) {
 		t.Errorf("produced frames %+v, recorded %+v", rep.Produced, rep.Recorded)
 	}
 	t.Logf("replay of the live journal:\n%s", rep)
+
+	// Ten times the clients: ten times what they did.
+	if _, err := f.Seek(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	jr, err = journal.Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ten, err := replay.Run(jr, replay.Options{Max: true, Scale: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ten.PacketsDelivered != 10*rep.PacketsDelivered || ten.DroppedByReason["unknown_dest"] != 30 ||
+		ten.Produced.PeerGone[gone] != 10 || ten.Produced.Registered != 20 {
+		t.Errorf("-scale 10: delivered %d, dropped %v, produced %+v; want 10x the replay at scale 1", ten.PacketsDelivered, ten.DroppedByReason, ten.Produced)
+	}
 }
