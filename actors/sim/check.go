@@ -243,9 +243,13 @@ func (s *sim) checkPeerGoneOwed() {
 				if h == nil || len(src.conns) > 0 {
 					continue
 				}
-				if h.lastDeliv > h.lastGone && h.probationAt <= h.lastGone {
-					s.failf("%s: c%d (key %d) heard from key %d, which has left the region, and was not sent PeerGone",
-						n.name, c.id, c.cl.idx, src.idx)
+				onProbation := h.probationAt > h.lastGone
+				if onProbation && s.cfg.StrictProbation && h.writtenWhileKnown {
+					onProbation = false
+				}
+				if h.lastDeliv > h.lastGone && !onProbation {
+					s.failf("%s: c%d (key %d) heard from key %d (last at step %d), which left the region at step %d, and was not sent PeerGone",
+						n.name, c.id, c.cl.idx, src.idx, h.lastDelivStep, src.leftStep)
 					return
 				}
 			}

@@ -50,6 +50,11 @@ type Config struct {
 	// the checks that need it: registry consistency, live actors, PeerGone
 	// owed, packets unaccounted.
 	CheckEvery int
+	// StrictProbation owes PeerGone also to a receiver whose source was
+	// on probation (unknown to the registry when it took the Delivered)
+	// if the source later came into the region and wrote to the receiver
+	// again before it left: the registry knew the source by then.
+	StrictProbation bool
 	// Trace, when set, is called with every line of the trace.
 	Trace func(string)
 }
@@ -145,12 +150,16 @@ type node struct {
 	m    *model
 	out  []*link // links from this node: it forwards through them
 	open map[uint64]*conn
+	// knownAt is the tick at which each key last came into the node's
+	// region (its registry's view: connected here or announced).
+	knownAt map[wire.NodePublic]uint64
 }
 
 type client struct {
-	idx   int
-	key   wire.NodePublic
-	conns []*conn // open, oldest first
+	idx      int
+	key      wire.NodePublic
+	conns    []*conn // open, oldest first
+	leftStep int     // when its last connection closed
 }
 
 // conn is one simulated connection on a node: a client's, or a mesh
@@ -177,12 +186,18 @@ type conn struct {
 // heard is what one connection was written from one source.
 type heard struct {
 	lastDeliv, lastGone uint64 // ticks; 0: never
+	lastDelivStep       int
 	// probationAt: the tick at which the registry last took a Delivered
 	// for this source while it did not know the source (a forwarded
 	// packet whose source had been withdrawn, or not yet announced). The
 	// registry documents (registry.delivered) that such a receiver may
 	// never hear PeerGone, so none is owed until the next PeerGone.
 	probationAt uint64
+	// writtenWhileKnown: since the probation began, a packet from the
+	// source was written while the registry knew the source (it came
+	// into the region after the probation began). Under StrictProbation
+	// that makes a PeerGone owed again.
+	writtenWhileKnown bool
 }
 
 // link is one node's mesh link to another: from forwards packets to to
@@ -236,7 +251,7 @@ func Run(cfg Config) (*Result, error) {
 
 func (s *sim) build() {
 	for i := range s.cfg.Nodes {
-		n := &node{idx: i, name: fmt.Sprintf("n%d", i), m: newModel(), open: make(map[uint64]*conn)}
+		n := &node{idx: i, name: fmt.Sprintf("n%d", i), m: newModel(), open: make(map[uint64]*conn), knownAt: make(map[wire.NodePublic]uint64)}
 		n.key[0], n.key[1] = 'n', byte(i)
 		n.sys = actors.NewSystem(zerolog.Nop(),
 			actors.WithDispatcher(s.sched.dispatcher(n.name+"/registry")),
@@ -297,10 +312,35 @@ func (s *sim) observe(n *node) actor.ReceiverMiddleware {
 			if d, ok := env.Message.(*actors.Delivered); ok {
 				s.deliveredTaken(n, d)
 			}
+			newKeys := s.arriving(n, env.Message)
 			n.m.apply(env.Message, n.key)
+			for _, k := range newKeys {
+				if n.m.inRegion(k) {
+					n.knownAt[k] = s.now()
+				}
+			}
 			s.checkRoutes(n)
 		}
 	}
+}
+
+// arriving lists the keys msg may bring into n's region that are not in
+// it yet.
+func (s *sim) arriving(n *node, msg any) []wire.NodePublic {
+	var out []wire.NodePublic
+	switch m := msg.(type) {
+	case *actors.Register:
+		if !n.m.inRegion(m.Conn.Key) {
+			out = append(out, m.Conn.Key)
+		}
+	case *actors.MeshUpdate:
+		for _, u := range m.Updates {
+			if u.Present && !n.m.inRegion(u.Key) {
+				out = append(out, u.Key)
+			}
+		}
+	}
+	return out
 }
 
 // deliveredTaken notes, for the sources of a Delivered the registry just
@@ -316,7 +356,7 @@ func (s *sim) deliveredTaken(n *node, d *actors.Delivered) {
 	for _, src := range d.Sources {
 		if src.Forwarded && !n.m.inRegion(src.Source) {
 			if h := c.heard[src.Source]; h != nil {
-				h.probationAt = s.now()
+				h.probationAt, h.writtenWhileKnown = s.now(), false
 				s.res.Probation++
 			}
 		}
@@ -518,6 +558,9 @@ func (s *sim) closeConn(c *conn) {
 	delete(c.node.open, c.id)
 	if c.cl != nil {
 		c.cl.conns = slices.DeleteFunc(c.cl.conns, func(x *conn) bool { return x == c })
+		if len(c.cl.conns) == 0 {
+			c.cl.leftStep = s.step
+		}
 	}
 	c.node.sys.Root.Send(c.node.reg, &actors.Unregister{Conn: c.c})
 	c.node.sys.Root.Stop(c.pid)
@@ -661,12 +704,16 @@ func (c *conn) SendPacket(p *wire.Packet, _ *actors.Waiter) {
 		return
 	}
 	s.outcome(pk, "delivered")
+	s.tracef("write packet %d from key %d to c%d", pk.id, pk.src.idx, c.id)
 	h := c.heard[src]
 	if h == nil {
 		h = &heard{}
 		c.heard[src] = h
 	}
-	h.lastDeliv = s.now()
+	if h.probationAt > h.lastGone && c.node.knownAt[src] > h.probationAt && c.node.m.inRegion(src) {
+		h.writtenWhileKnown = true
+	}
+	h.lastDeliv, h.lastDelivStep = s.now(), s.step
 	c.noteSource(src, p.Forwarded)
 }
 
@@ -737,7 +784,7 @@ func (s *sim) peerGone(c *conn, m *actors.SendPeerGone) {
 		s.failf("c%d was sent PeerGone(%s) but heard nothing from it since its last PeerGone", c.id, keyName(m.Peer))
 		return
 	}
-	h.lastGone = s.now()
+	h.lastGone, h.writtenWhileKnown = s.now(), false
 	s.res.PeerGone++
 	// The outbox forgets the source when it writes PeerGone: a later
 	// packet from it starts a new relationship.
@@ -906,7 +953,7 @@ func describe(msg any) string {
 	case *actors.WatchConns:
 		return fmt.Sprintf("WatchConns c%d", m.Conn.ID)
 	case *actors.Delivered:
-		return fmt.Sprintf("Delivered c%d %d sources", m.Receiver.ID, len(m.Sources))
+		return fmt.Sprintf("Delivered c%d", m.Receiver.ID)
 	case *actors.MeshLinkUp:
 		return fmt.Sprintf("MeshLinkUp session %d", m.Link)
 	case *actors.MeshLinkDown:
