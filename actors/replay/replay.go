@@ -611,20 +611,37 @@ func (e *engine) settle(final bool) {
 	if final {
 		kinds = actors.ActorKinds
 	}
+	var lastProcessed int64
+	lastProgress := time.Now()
 	for {
 		busy := false
+		var processed int64
 		for _, k := range kinds {
-			if e.sys.Kind(k).Depth() > 0 {
+			ks := e.sys.Kind(k)
+			processed += ks.Processed()
+			if ks.Depth() > 0 {
 				busy = true
 			}
 		}
 		if !busy {
 			return
 		}
+		if processed != lastProcessed {
+			lastProcessed, lastProgress = processed, time.Now()
+		} else if time.Since(lastProgress) > stuckAfter {
+			// Messages wait that nobody takes (an actor stopped with
+			// its mailbox full): waiting longer changes nothing.
+			e.rep.Stuck++
+			return
+		}
 		e.sampleDepths()
 		runtime.Gosched() // the actors run on other goroutines; this one only waits
 	}
 }
+
+// stuckAfter is how long a replay on protoactor's dispatcher waits for
+// mailboxes that have stopped draining before it goes on.
+const stuckAfter = 2 * time.Second
 
 // sampleDepths notes how deep the singletons' mailboxes are (the client
 // actors note their own).

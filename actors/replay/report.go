@@ -20,14 +20,15 @@ type Report struct {
 	Dispatcher string  `json:"dispatcher"` // "step" or "default"
 	Scale      int     `json:"scale"`
 
-	Records   int64    `json:"records"`  // journal records read
-	Inputs    int64    `json:"inputs"`   // message records fed (before scaling)
-	Messages  int64    `json:"messages"` // messages fed to the fresh actors (after scaling)
-	Outputs   int64    `json:"outputs"`  // message records the recording shows actors sending to clients (compared, not fed)
-	Skipped   int64    `json:"skipped"`  // message records neither fed nor compared (queries, timers, opaque)
-	Unknown   int64    `json:"unknown"`  // inputs naming a connection the journal never registered (registered before recording began)
-	Notes     int64    `json:"notes"`    // recorder notes
-	Late      int64    `json:"late"`     // records that reached the file too far out of Seq order to be put back in it
+	Records   int64    `json:"records"`         // journal records read
+	Inputs    int64    `json:"inputs"`          // message records fed (before scaling)
+	Messages  int64    `json:"messages"`        // messages fed to the fresh actors (after scaling)
+	Outputs   int64    `json:"outputs"`         // message records the recording shows actors sending to clients (compared, not fed)
+	Skipped   int64    `json:"skipped"`         // message records neither fed nor compared (queries, timers, opaque)
+	Unknown   int64    `json:"unknown"`         // inputs naming a connection the journal never registered (registered before recording began)
+	Notes     int64    `json:"notes"`           // recorder notes
+	Late      int64    `json:"late"`            // records that reached the file too far out of Seq order to be put back in it
+	Stuck     int64    `json:"stuck,omitempty"` // waits for mailboxes given up because nothing drained them (default dispatcher)
 	NoteTexts []string `json:"note_texts,omitempty"`
 
 	PacketRecords    int64            `json:"packet_records"`
@@ -193,6 +194,9 @@ func (r *Report) String() string {
 		fmt.Fprintf(&b, "  note: %s\n", n)
 	}
 	fmt.Fprintf(&b, "elapsed: %.3fs; messages fed: %d (%.0f/s)\n", r.ElapsedS, r.Messages, r.MsgsPerS)
+	if r.Stuck > 0 {
+		fmt.Fprintf(&b, "  %d times mailboxes stopped draining and the replay went on without them\n", r.Stuck)
+	}
 	fmt.Fprintf(&b, "packets: %d delivered (%d bytes) to %d connections, %d forwarded to mesh links, %d dropped (%.0f/s)\n",
 		r.PacketsDelivered, r.BytesDelivered, r.Receivers, r.PacketsForwarded, r.PacketsDropped, r.PacketsPerS)
 	for _, k := range sortedKeys(r.DroppedByReason) {
