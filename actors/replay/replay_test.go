@@ -396,3 +396,17 @@ func TestMeshRouting(t *testing.T) {
 		}
 	}
 }
+
+// A paced replay (here 1000x the recorded pace of a journal a few tens
+// of milliseconds long) delivers and produces what a -max replay does.
+func TestPacedReplay(t *testing.T) {
+	data := pairJournal(t, 20, 10)
+	paced := run(t, data, Options{Speed: 1000})
+	fast := run(t, data, Options{Max: true})
+	if paced.Mode != "paced" || paced.Dispatcher != DispatchDefault {
+		t.Errorf("paced replay ran as %s on the %s dispatcher", paced.Mode, paced.Dispatcher)
+	}
+	if paced.PacketsDelivered != fast.PacketsDelivered || !reflect.DeepEqual(paced.Produced, fast.Produced) {
+		t.Errorf("paced: delivered %d, produced %+v; -max: %d, %+v", paced.PacketsDelivered, paced.Produced, fast.PacketsDelivered, fast.Produced)
+	}
+}
