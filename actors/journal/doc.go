@@ -22,9 +22,13 @@
 // KindMessage is followed by the message's encoding (codec.go: one
 // function per MsgType, documented there); TypeOpaque, for a message the
 // codec does not know, by its Go type name. KindPacket is followed by the
-// PacketRecord: uvarint SrcConn, Src (32 bytes), Dst (32 bytes), uvarint
-// Size, u8 flags (bit 0 disco, bit 1 forwarded, bit 2 payload follows),
-// and when bit 2 is set exactly Size payload bytes. KindNote is followed
+// PacketRecord: uvarint SrcConn, u8 flags (bit 0 disco, bit 1 forwarded,
+// bit 2 payload follows, bit 3 same source), Src (32 bytes, left out when
+// bit 3 says it is the source of the connection's previous packet
+// record: a client's packets all carry its own key), Dst (32 bytes),
+// uvarint Size, and when bit 2 is set exactly Size payload bytes. A
+// buffer's records reach the file in order, so the previous one is always
+// before. KindNote is followed
 // by its text (uvarint length, bytes). KindEnd, written by Writer.Close,
 // ends a complete journal: a journal that stops at a record boundary
 // without one was cut short (the recorder was killed, or the file was

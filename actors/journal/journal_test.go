@@ -105,6 +105,12 @@ func writeSample(t testing.TB, payloads bool) ([]byte, []*Record) {
 		SrcConn: 7, Src: testKey(1), Dst: testKey(2), Size: 5, Disco: true, Payload: []byte("hello")}})
 	add(&Record{Kind: KindPacket, Target: Target{Kind: actors.ActorClient, ID: 8}, Packet: PacketRecord{
 		SrcConn: 8, Src: testKey(3), Dst: testKey(1), Size: 1200, Forwarded: true}})
+	// Connection 7 again, with the same source (journaled without it),
+	// then another (a mesh peer's forwarded packets vary).
+	add(&Record{Kind: KindPacket, Target: Target{Kind: actors.ActorClient, ID: 7}, Packet: PacketRecord{
+		SrcConn: 7, Src: testKey(1), Dst: testKey(3), Size: 2, Payload: []byte("hi")}})
+	add(&Record{Kind: KindPacket, Target: Target{Kind: actors.ActorClient, ID: 7}, Packet: PacketRecord{
+		SrcConn: 7, Src: testKey(4), Dst: testKey(3), Size: 3, Payload: []byte("abc")}})
 	add(&Record{Kind: KindNote, Note: "recording stopped at the 1 GiB limit"})
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
@@ -349,6 +355,29 @@ func TestRecordLengths(t *testing.T) {
 		if !reflect.DeepEqual(r.Msg, want[i]) {
 			t.Errorf("record %d of %d updates differs", i, len(want[i].Updates))
 		}
+	}
+}
+
+// A packet record repeats its connection's previous source instead of
+// writing it again, and a repeat with nothing before it is refused.
+func TestPacketSourceRepeated(t *testing.T) {
+	one := func(n int) int {
+		var buf bytes.Buffer
+		w, _ := NewWriter(&buf, Header{Start: testStart})
+		for range n {
+			w.Write(&Record{Kind: KindPacket, Packet: PacketRecord{SrcConn: 5, Src: testKey(1), Dst: testKey(2), Size: 100}})
+		}
+		w.Close()
+		return buf.Len()
+	}
+	first, next := one(1), one(2)-one(1)
+	if next > first-wire.KeyLen {
+		t.Errorf("a repeated source costs %d bytes, the first %d", next, first)
+	}
+	orphan := AppendHeader(nil, Header{Start: testStart})
+	orphan = appendPacketRecord(orphan, 1, 0, 5, new(wire.NodePublic), new(wire.NodePublic), 0, false, false, true, nil, false)
+	if _, _, err := readAll(orphan); err == nil || !strings.Contains(err.Error(), "offset 18: body byte") {
+		t.Errorf("a repeat with no source before it: %v", err)
 	}
 }
 

@@ -21,12 +21,15 @@ type Reader struct {
 	off   int64 // of the next unread byte
 	body  []byte
 	conns *ConnTable
-	err   error // sticky: after the first error (or the end) Next repeats it
+	// lastSrc is each connection's last packet source, which a packet
+	// record may repeat (packetSameSrc).
+	lastSrc map[uint64]wire.NodePublic
+	err     error // sticky: after the first error (or the end) Next repeats it
 }
 
 // Open reads the header of the journal r.
 func Open(r io.Reader) (*Reader, error) {
-	jr := &Reader{r: bufio.NewReaderSize(r, 64<<10), conns: NewConnTable()}
+	jr := &Reader{r: bufio.NewReaderSize(r, 64<<10), conns: NewConnTable(), lastSrc: make(map[uint64]wire.NodePublic)}
 	var h [HeaderLen]byte
 	if n, err := io.ReadFull(jr.r, h[:]); err != nil {
 		return nil, fmt.Errorf("journal: offset %d: header cut short (%d of %d bytes)", n, n, HeaderLen)
@@ -196,13 +199,20 @@ func (r *Reader) decode(body []byte) (*Record, error) {
 		}
 		p := &rec.Packet
 		p.SrcConn = d.uvarint("src conn")
-		p.Src = d.key("src")
-		p.Dst = d.key("dst")
-		p.Size = d.int("size")
 		flags := d.u8("packet flags")
-		if flags&^(packetDisco|packetForwarded|packetPayload) != 0 {
+		if flags&^(packetDisco|packetForwarded|packetPayload|packetSameSrc) != 0 {
 			d.fail("packet flags %#x", flags)
 		}
+		if flags&packetSameSrc == 0 {
+			p.Src = d.key("src")
+		} else if last, ok := r.lastSrc[p.SrcConn]; ok {
+			p.Src = last
+		} else if d.err == nil {
+			d.fail("packet repeats the source of connection %d, which has none yet", p.SrcConn)
+		}
+		p.Dst = d.key("dst")
+		p.Size = d.int("size")
+
 		p.Disco = flags&packetDisco != 0
 		p.Forwarded = flags&packetForwarded != 0
 		if flags&packetPayload != 0 && d.err == nil {
@@ -226,6 +236,11 @@ func (r *Reader) decode(body []byte) (*Record, error) {
 	}
 	if d.err != nil {
 		return nil, d.err
+	}
+	if rec.Kind == KindPacket {
+		// Only a record that is whole sets the source the connection's
+		// next packet records may repeat.
+		r.lastSrc[rec.Packet.SrcConn] = rec.Packet.Src
 	}
 	return rec, nil
 }

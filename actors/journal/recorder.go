@@ -289,6 +289,11 @@ type Buffer struct {
 	mu     sync.Mutex
 	buf    []byte
 	listed bool // in rec.buffers
+	// The source of the last packet recorded, which the next leaves out
+	// if it is the same. A buffer's records reach the file in order, so
+	// the Reader always has it.
+	lastSrc wire.NodePublic
+	hasSrc  bool
 }
 
 // Message records msg, received by the buffer's actor.
@@ -312,7 +317,9 @@ func (b *Buffer) RecordPacket(at int64, conn uint64, src, dst wire.NodePublic, p
 		return
 	}
 	b.mu.Lock()
-	b.buf = appendPacketRecord(b.buf, r.seq.Add(1), time.Duration(at-r.startNs), conn, &src, &dst, len(payload), disco, forwarded, payload, r.cfg.Payloads)
+	same := b.hasSrc && b.lastSrc == src
+	b.lastSrc, b.hasSrc = src, true
+	b.buf = appendPacketRecord(b.buf, r.seq.Add(1), time.Duration(at-r.startNs), conn, &src, &dst, len(payload), disco, forwarded, same, payload, r.cfg.Payloads)
 	b.filled()
 	b.mu.Unlock()
 }

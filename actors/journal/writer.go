@@ -19,6 +19,7 @@ type Writer struct {
 	payloads bool
 	start    time.Time
 	scratch  []byte
+	lastSrc  map[uint64]wire.NodePublic // of each connection's last packet record
 	err      error
 	closed   bool
 }
@@ -53,7 +54,22 @@ func (w *Writer) Write(r *Record) error {
 	if w.err != nil {
 		return w.err
 	}
-	w.scratch = AppendRecord(w.scratch[:0], r, w.payloads)
+	if r.Kind == KindPacket {
+		// A source repeated from the connection's previous packet is left
+		// out, as the Recorder does.
+		p := &r.Packet
+		if w.lastSrc == nil {
+			w.lastSrc = make(map[uint64]wire.NodePublic)
+		}
+		last, ok := w.lastSrc[p.SrcConn]
+		same := ok && last == p.Src
+		if !same {
+			w.lastSrc[p.SrcConn] = p.Src
+		}
+		w.scratch = appendPacketRecord(w.scratch[:0], r.Seq, r.At, p.SrcConn, &p.Src, &p.Dst, p.Size, p.Disco, p.Forwarded, same, p.Payload, w.payloads)
+	} else {
+		w.scratch = AppendRecord(w.scratch[:0], r, w.payloads)
+	}
 	return w.WriteEncoded(w.scratch)
 }
 
@@ -157,18 +173,15 @@ func appendMessageRecord(b []byte, seq uint64, at time.Duration, target byte, id
 // p.SrcConn. The payload is written only when payloads is set (and must
 // then be p.Size bytes).
 func AppendPacket(b []byte, seq uint64, at time.Duration, p *PacketRecord, payloads bool) []byte {
-	return appendPacketRecord(b, seq, at, p.SrcConn, &p.Src, &p.Dst, p.Size, p.Disco, p.Forwarded, p.Payload, payloads)
+	return appendPacketRecord(b, seq, at, p.SrcConn, &p.Src, &p.Dst, p.Size, p.Disco, p.Forwarded, false, p.Payload, payloads)
 }
 
 // clientIndex is ActorClient's index in actors.ActorKinds.
 var clientIndex = kindIndex(actors.ActorClient)
 
-func appendPacketRecord(b []byte, seq uint64, at time.Duration, conn uint64, src, dst *wire.NodePublic, size int, disco, forwarded bool, payload []byte, payloads bool) []byte {
+func appendPacketRecord(b []byte, seq uint64, at time.Duration, conn uint64, src, dst *wire.NodePublic, size int, disco, forwarded, sameSrc bool, payload []byte, payloads bool) []byte {
 	b, start := beginRecord(b, KindPacket, seq, at, clientIndex, conn, TypePacket)
 	b = binary.AppendUvarint(b, conn)
-	b = append(b, src[:]...)
-	b = append(b, dst[:]...)
-	b = binary.AppendUvarint(b, uint64(size))
 	var flags byte
 	if disco {
 		flags |= packetDisco
@@ -180,7 +193,15 @@ func appendPacketRecord(b []byte, seq uint64, at time.Duration, conn uint64, src
 	if withPayload {
 		flags |= packetPayload
 	}
+	if sameSrc {
+		flags |= packetSameSrc
+	}
 	b = append(b, flags)
+	if !sameSrc {
+		b = append(b, src[:]...)
+	}
+	b = append(b, dst[:]...)
+	b = binary.AppendUvarint(b, uint64(size))
 	if withPayload {
 		b = append(b, payload...)
 	}
@@ -192,6 +213,10 @@ const (
 	packetDisco     = 1 << 0
 	packetForwarded = 1 << 1
 	packetPayload   = 1 << 2
+	// packetSameSrc: the source is the one of the previous packet record
+	// of the same connection, and is left out (32 of a record's 50 bytes
+	// or so: a client's packets all have its own key as source).
+	packetSameSrc = 1 << 3
 )
 
 // AppendNote appends a KindNote record.
@@ -216,7 +241,7 @@ func AppendRecord(b []byte, r *Record, payloads bool) []byte {
 	switch r.Kind {
 	case KindPacket:
 		p := &r.Packet
-		return appendPacketRecord(b, r.Seq, r.At, p.SrcConn, &p.Src, &p.Dst, p.Size, p.Disco, p.Forwarded, p.Payload, payloads)
+		return appendPacketRecord(b, r.Seq, r.At, p.SrcConn, &p.Src, &p.Dst, p.Size, p.Disco, p.Forwarded, false, p.Payload, payloads)
 	case KindNote:
 		return AppendNote(b, r.Seq, r.At, r.Note)
 	case KindEnd:
