@@ -56,10 +56,19 @@ type Kit struct {
 	// the mesh key, queue depth, write timeout, keepalive).
 	Server *client.Config
 
-	bubble bool // inside synctest: Settle waits for goroutines too
-	mu     sync.Mutex
-	addrs  uint64    // addresses handed to real connections
-	conns  []*Client // to close at the end of Run
+	bubble bool    // inside synctest: Settle waits for goroutines too
+	name   string  // the node's TLS name, for mesh links to it
+	region *region // what the nodes of one run share
+}
+
+// region is what every node of a run shares (see Node).
+type region struct {
+	mu    sync.Mutex
+	addrs uint64      // addresses handed to real connections
+	conns []*Client   // to close at the end of Run
+	nodes int         // nodes started after the first
+	pki   *pki        // made on the first mesh link
+	links []*MeshLink // to cut at the end of Run
 }
 
 // Option configures a kit.
@@ -83,7 +92,8 @@ func WithSystemOptions(opts ...actors.Option) Option {
 }
 
 // WithServer sets the client connections' server configuration; a zero
-// private key is filled in (the same on every run).
+// private key is filled in (the same on every run), and a zero mesh key
+// with the kit's own.
 func WithServer(cfg client.Config) Option { return func(c *config) { c.server = cfg } }
 
 // WithRegistryOptions passes options to the registry.
@@ -100,22 +110,38 @@ func WithFlows(cfg flows.Config) Option { return func(c *config) { c.flows = &cf
 // Run instead.
 func New(t testing.TB, opts ...Option) *Kit {
 	t.Helper()
+	return newKit(t, nil, nil, &region{}, opts)
+}
+
+// testMeshKey is every kit's mesh key unless WithServer gives one: only
+// connections that present it (mesh links) are privileged.
+var testMeshKey = wire.MeshKey{'a', 'c', 't', 'o', 'r', 'k', 'i', 't'}
+
+// newKit starts a node on d and clock, or on new ones when nil.
+func newKit(t testing.TB, d *actors.StepDispatcher, clock *actors.FakeClock, r *region, opts []Option) *Kit {
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
-	d := actors.NewStepDispatcher()
-	if c.seed != nil {
-		d = actors.NewShuffledStepDispatcher(*c.seed)
+	if d == nil {
+		d = actors.NewStepDispatcher()
+		if c.seed != nil {
+			d = actors.NewShuffledStepDispatcher(*c.seed)
+		}
 	}
-	clock := actors.NewFakeClock(Start)
+	if clock == nil {
+		clock = actors.NewFakeClock(Start)
+	}
 	sys := actors.NewSystem(zerolog.Nop(), append([]actors.Option{actors.WithDispatcher(d), actors.WithClock(clock)}, c.sysOpts...)...)
 	server := c.server
 	if server.PrivateKey.IsZero() {
 		server.PrivateKey = PrivateKey(1 << 63)
 	}
 	server.PublicKey = server.PrivateKey.Public()
-	k := &Kit{T: t, Sys: sys, Disp: d, Clock: clock, Server: &server}
+	if server.MeshKey.IsZero() {
+		server.MeshKey = testMeshKey
+	}
+	k := &Kit{T: t, Sys: sys, Disp: d, Clock: clock, Server: &server, name: "node0.test", region: r}
 	registry.Spawn(sys, server.PublicKey, c.regOpts...)
 	if c.flows != nil {
 		flows.Spawn(sys, *c.flows)
@@ -139,9 +165,14 @@ func Run(t *testing.T, f func(k *Kit), opts ...Option) {
 }
 
 func (k *Kit) shutdown() {
-	k.mu.Lock()
-	conns := slices.Clone(k.conns)
-	k.mu.Unlock()
+	r := k.region
+	r.mu.Lock()
+	conns, links := slices.Clone(r.conns), slices.Clone(r.links)
+	r.mu.Unlock()
+	for _, l := range links {
+		l.Refuse(true)
+		l.cut()
+	}
 	for _, c := range conns {
 		c.hangUp()
 		c.Resume()

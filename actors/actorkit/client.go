@@ -116,19 +116,20 @@ func (k *Kit) Dial(opts ...DialOption) *Client {
 	for _, o := range opts {
 		o(&dc)
 	}
-	k.mu.Lock()
-	k.addrs++
-	n := k.addrs
-	k.mu.Unlock()
+	r := k.region
+	r.mu.Lock()
+	r.addrs++
+	n := r.addrs
+	r.mu.Unlock()
 	priv := PrivateKey(n)
 	if dc.priv != nil {
 		priv = *dc.priv
 	}
 	ours, theirs := net.Pipe()
 	c := &Client{Key: priv.Public(), Priv: priv, k: k, conn: ours, out: make(chan []byte, 1024), readEnd: make(chan struct{})}
-	k.mu.Lock()
-	k.conns = append(k.conns, c)
-	k.mu.Unlock()
+	r.mu.Lock()
+	r.conns = append(r.conns, c)
+	r.mu.Unlock()
 	go client.Serve(k.Sys, k.Server, client.Accepted{Conn: theirs, Addr: addr(n)})
 
 	rd := wire.NewReader(stallable{c}, nil, 1<<20)
