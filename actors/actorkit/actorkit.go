@@ -1,10 +1,12 @@
 // Package actorkit runs derpd's actors for deterministic tests: the
-// registry, flows and client actors on a stepped system (actors.StepDispatcher
-// and actors.FakeClock), with connections that are either probes (a fake
-// client actor and packet sink that record what they are sent: no
-// goroutines at all) or real client connections served by client.Serve
-// over an in-memory pipe, whose frames the test writes and reads with the
-// wire package. Nothing sleeps and nothing opens a socket.
+// registry, flows, client and mesh actors on a stepped system
+// (actors.StepDispatcher and actors.FakeClock), with connections that are
+// either probes (a fake client actor and packet sink that record what
+// they are sent: no goroutines at all) or real client connections served
+// by client.Serve over an in-memory pipe, whose frames the test writes
+// and reads with the wire package. Several nodes of a region (Node) share
+// one dispatcher and clock, and real mesh links join them (MeshWith).
+// Nothing sleeps and nothing opens a socket.
 //
 // A test starts with New (message level: probes, forwarders, the
 // registry, flows) or Run (also real connections: Dial), feeds messages
