@@ -180,3 +180,33 @@ func TestFlowSwept(t *testing.T) {
 		}
 	}, WithFlows(cfg))
 }
+
+// TestDuplicateConnectionsLastWriterReceives: the same as
+// TestDuplicateKeyLastWriterIsActive through real connections, where the
+// claim is the reader's (a frame from the idle duplicate, here a ping,
+// waits for the registry to switch before it is answered).
+func TestDuplicateConnectionsLastWriterReceives(t *testing.T) {
+	Run(t, func(k *Kit) {
+		key := PrivateKey(500)
+		older, newer := k.Dial(WithPrivateKey(key)), k.Dial(WithPrivateKey(key))
+		sender := k.Dial()
+		sender.SendPacket(older.Key, payloadN(0))
+		expectPackets(t, newer, sender.Key, 0)
+		expectPackets(t, older, sender.Key)
+
+		older.Ping([wire.PingDataLen]byte{7})
+		if got := older.Take(); len(got) != 1 || got[0].Type != wire.FramePong {
+			t.Fatalf("the older connection's ping got %v", got)
+		}
+		sender.SendPacket(older.Key, payloadN(1))
+		expectPackets(t, older, sender.Key, 1)
+		expectPackets(t, newer, sender.Key)
+
+		newer.Ping([wire.PingDataLen]byte{8})
+		newer.Take()
+		sender.SendPacket(older.Key, payloadN(2))
+		expectPackets(t, newer, sender.Key, 2)
+		expectPackets(t, older, sender.Key)
+		k.Check()
+	})
+}
