@@ -55,7 +55,7 @@ func main() {
 		rounds = flag.Int("rounds", 3, "measurements per point and server (medians are reported)")
 		quick  = flag.Bool("quick", false, "small, fast run: one round, fewer points")
 		size   = flag.Int("size", 1280, "packet payload bytes")
-		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,memory-tls,handshakes,flows,stalled,scaling,mesh (mesh-capacity and mesh-slow are its two halves)")
+		only   = flag.String("only", "", "comma-separated scenarios: capacity,overload,isolation,latency,memory,memory-tls,handshakes,flows,record,stalled,scaling,mesh (mesh-capacity and mesh-slow are its two halves)")
 		out    = flag.String("out", filepath.Join(harness.ModuleDir(), "bench-out"), "directory for JSON and plots")
 		prof   = flag.Bool("pprof", false, "save a CPU profile of each server during each measurement (in -out/pprof)")
 		report = flag.String("report", "", "measure nothing: print the table and redraw the plots (in -out) from this runs.json")
@@ -355,6 +355,9 @@ func (b *bench) all() {
 	}
 	if b.want("flows") {
 		b.flowsScenario()
+	}
+	if b.want("record") {
+		b.recordScenario()
 	}
 	if b.want("stalled") {
 		b.stalledScenario()

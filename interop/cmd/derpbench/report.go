@@ -155,6 +155,7 @@ func (b *bench) table() string {
 	// The flows scenario compares derpd with itself, so it has a table
 	// of its own.
 	sb.WriteString(b.flowsTable())
+	sb.WriteString(b.recordTable())
 	return sb.String()
 }
 
