@@ -132,6 +132,8 @@ func (s *Snapshot) Check(tb testing.TB) {
 
 // Wait is Check returning what remains instead of failing a test.
 func (s *Snapshot) Wait(limit time.Duration) error {
+	// The wall clock, not a System's: what it waits for is real
+	// goroutines winding down on the scheduler, which no fake clock moves.
 	deadline := time.Now().Add(limit)
 	pause := time.Millisecond
 	for {
