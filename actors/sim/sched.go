@@ -3,6 +3,7 @@ package sim
 import (
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -80,4 +81,16 @@ func (s *scheduler) step() string {
 	s.mu.Unlock()
 	fn()
 	return name
+}
+
+// discard forgets the work of every name that starts with prefix: a
+// node's process ended, and its actors with it.
+func (s *scheduler) discard(prefix string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name := range s.ready {
+		if strings.HasPrefix(name, prefix) {
+			delete(s.ready, name)
+		}
+	}
 }

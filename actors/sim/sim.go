@@ -3,7 +3,8 @@
 // system, meshed together, with tens of simulated clients that connect,
 // send bursts of packets to each other, stall, duplicate their
 // connections and leave, while the seed injects faults (mesh links cut
-// and restored, a node's registry restarting with empty tables). The run
+// and restored, a node's registry restarting with empty tables, a whole
+// node restarting). The run
 // is a function of the seed alone: one scheduler picks which actor runs
 // next, one fake clock is the only time, and invariants are checked after
 // every step, so a failing seed is printed and reproduces exactly.
@@ -150,6 +151,7 @@ type node struct {
 	m    *model
 	out  []*link // links from this node: it forwards through them
 	open map[uint64]*conn
+	gen  int // of its actor system: a node restart starts a new one
 	// knownAt is the tick at which each key last came into the node's
 	// region (its registry's view: connected here or announced).
 	knownAt map[wire.NodePublic]uint64
@@ -251,30 +253,25 @@ func Run(cfg Config) (*Result, error) {
 
 func (s *sim) build() {
 	for i := range s.cfg.Nodes {
-		n := &node{idx: i, name: fmt.Sprintf("n%d", i), m: newModel(), open: make(map[uint64]*conn), knownAt: make(map[wire.NodePublic]uint64)}
+		n := &node{idx: i, name: fmt.Sprintf("n%d", i)}
 		n.key[0], n.key[1] = 'n', byte(i)
-		n.sys = actors.NewSystem(zerolog.Nop(),
-			actors.WithDispatcher(s.sched.dispatcher(n.name+"/registry")),
-			actors.WithClock(s.clock),
-			actors.WithReceiverMiddleware(s.observe(n)),
-			actortest.WithBoom(),
-		)
-		n.reg = registry.Spawn(n.sys, n.key)
+		s.startNode(n)
 		s.nodes = append(s.nodes, n)
 	}
 	for _, a := range s.nodes {
 		for _, b := range s.nodes {
-			if a == b {
-				continue
+			if a != b {
+				l := &link{s: s, from: a, to: b}
+				a.out = append(a.out, l)
+				s.links = append(s.links, l)
 			}
-			l := &link{s: s, from: a, to: b}
-			props, _ := a.sys.Props(actors.ActorMeshLink, func() actor.Actor { return &linkActor{l: l} })
-			props.Configure(actor.WithDispatcher(s.sched.dispatcher(fmt.Sprintf("%s/link-%s", a.name, b.name))))
-			l.pid = a.sys.Root.Spawn(props)
-			a.out = append(a.out, l)
-			s.links = append(s.links, l)
-			s.linkUp(l)
 		}
+	}
+	for _, a := range s.nodes {
+		s.spawnLinks(a)
+	}
+	for _, l := range s.links {
+		s.linkUp(l)
 	}
 	for i := range s.cfg.Clients {
 		c := &client{idx: i}
@@ -288,13 +285,77 @@ func (s *sim) build() {
 	}
 }
 
+// startNode gives n a fresh actor system and registry, with empty tables.
+func (s *sim) startNode(n *node) {
+	n.m, n.open, n.knownAt = newModel(), make(map[uint64]*conn), make(map[wire.NodePublic]uint64)
+	n.gen++
+	n.sys = actors.NewSystem(zerolog.Nop(),
+		actors.WithDispatcher(s.sched.dispatcher(n.name+"/registry")),
+		actors.WithClock(s.clock),
+		actors.WithReceiverMiddleware(s.observe(n, n.gen)),
+		actortest.WithBoom(),
+	)
+	n.reg = registry.Spawn(n.sys, n.key)
+}
+
+// spawnLinks starts the actors of n's links, on n's system.
+func (s *sim) spawnLinks(n *node) {
+	for _, l := range n.out {
+		props, _ := n.sys.Props(actors.ActorMeshLink, func() actor.Actor { return &linkActor{l: l} })
+		props.Configure(actor.WithDispatcher(s.sched.dispatcher(fmt.Sprintf("%s/link-%s", n.name, l.to.name))))
+		l.pid = n.sys.Root.Spawn(props)
+	}
+}
+
+// restartNode is a node's process ending and starting again: its
+// connections and its links' connections on the peers end with it
+// (the peers see their sockets close), the work its actors had left is
+// gone, and it comes back with empty tables and its links down; they
+// reconnect later, as the clients do.
+func (s *sim) restartNode(n *node) {
+	for _, id := range sortedIDs(n.open) {
+		c := n.open[id]
+		c.open = false
+		if c.cl != nil {
+			c.cl.conns = slices.DeleteFunc(c.cl.conns, func(x *conn) bool { return x == c })
+			if len(c.cl.conns) == 0 {
+				c.cl.leftStep = s.step
+			}
+		}
+	}
+	for _, l := range s.links {
+		if l.session == 0 || (l.from != n && l.to != n) {
+			continue
+		}
+		s.tracef("link %s->%s down with %s, session %d", l.from.name, l.to.name, n.name, l.session)
+		if l.from != n {
+			l.from.sys.Root.Send(l.from.reg, &actors.MeshLinkDown{Link: l.session})
+		}
+		if l.to != n {
+			s.closeConn(l.peerConn)
+		}
+		s.dropInflight(l)
+		l.session, l.fwd, l.peerConn = 0, nil, nil
+		l.queue, l.awaiting = nil, false
+	}
+	s.sched.discard(n.name + "/")
+	s.startNode(n)
+	s.spawnLinks(n)
+}
+
 // observe is every node's receiver middleware: it writes each message an
 // actor handles into the trace, and after each message the registry
 // handles, brings the model along and checks the route table and the
 // gauges against it.
-func (s *sim) observe(n *node) actor.ReceiverMiddleware {
+func (s *sim) observe(n *node, gen int) actor.ReceiverMiddleware {
 	return func(next actor.ReceiverFunc) actor.ReceiverFunc {
 		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			if gen != n.gen {
+				// An actor of a system the node restarted away from (a
+				// timer it had set fired): it reaches nothing any more.
+				next(ctx, env)
+				return
+			}
 			self := ctx.Self()
 			s.tracef("%s %s %s", n.name, self.Id, describe(env.Message))
 			isReg := self.Equal(n.reg)
@@ -493,6 +554,11 @@ func (s *sim) event() {
 		s.fault("registry_restart")
 		s.tracef("boom %s", n.name)
 		n.sys.Root.Send(n.reg, &actortest.Boom{})
+	case r < 937:
+		n := s.nodes[s.rng.IntN(len(s.nodes))]
+		s.fault("node_restart")
+		s.tracef("restart %s", n.name)
+		s.restartNode(n)
 	default:
 		d := time.Duration(1+s.rng.IntN(5000)) * time.Millisecond
 		if s.rng.IntN(20) == 0 {
@@ -897,13 +963,17 @@ func (s *sim) linkDown(l *link) {
 	s.tracef("link %s->%s down, session %d", l.from.name, l.to.name, l.session)
 	l.from.sys.Root.Send(l.from.reg, &actors.MeshLinkDown{Link: l.session})
 	s.closeConn(l.peerConn)
+	s.dropInflight(l)
+	l.session, l.fwd, l.peerConn = 0, nil, nil
+	l.queue, l.awaiting = nil, false
+}
+
+func (s *sim) dropInflight(l *link) {
 	for _, p := range l.inflight {
 		s.outcome(s.packetOf(p), "mesh_link_down")
 		p.Release()
 	}
 	l.inflight, l.inDst = nil, nil
-	l.session, l.fwd, l.peerConn = 0, nil, nil
-	l.queue, l.awaiting = nil, false
 }
 
 // arrive delivers the first packet on l at the peer: its reader of the

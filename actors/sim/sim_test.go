@@ -57,12 +57,13 @@ func TestSim(t *testing.T) {
 	// Runs share nothing, so they go on every core; each run is
 	// single-threaded and its own seed decides everything in it.
 	var (
-		mu                          sync.Mutex
-		faults, delivered, peerGone int64
-		failed                      error
-		failedSeed                  uint64
-		next                        = *firstFlag
-		wg                          sync.WaitGroup
+		mu                  sync.Mutex
+		delivered, peerGone int64
+		faults              = make(map[string]int)
+		failed              error
+		failedSeed          uint64
+		next                = *firstFlag
+		wg                  sync.WaitGroup
 	)
 	end := *firstFlag + uint64(n)
 	for range runtime.GOMAXPROCS(0) {
@@ -87,8 +88,8 @@ func TestSim(t *testing.T) {
 				}
 				delivered += res.Delivered
 				peerGone += res.PeerGone
-				for _, v := range res.Faults {
-					faults += int64(v)
+				for k, v := range res.Faults {
+					faults[k] += v
 				}
 				mu.Unlock()
 			}
@@ -98,7 +99,7 @@ func TestSim(t *testing.T) {
 	if failed != nil {
 		t.Fatal(failed)
 	}
-	t.Logf("%d seeds from %d: %d packets delivered, %d PeerGone, %d faults injected", n, *firstFlag, delivered, peerGone, faults)
+	t.Logf("%d seeds from %d: %d packets delivered, %d PeerGone, faults %v", n, *firstFlag, delivered, peerGone, faults)
 }
 
 // TestSimReproduces: a seed's run is a function of the seed: two runs
