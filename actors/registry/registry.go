@@ -793,5 +793,8 @@ func (r *Registry) check() []string {
 			problems = append(problems, fmt.Sprintf("gauge %s is %d but the registry holds %d", g.name, g.got, g.want))
 		}
 	}
+	// Found walking maps: sorted, so a failing simulation seed prints
+	// the same report every time.
+	slices.Sort(problems)
 	return problems
 }
