@@ -2,6 +2,7 @@ package actors
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -43,5 +44,34 @@ func TestFakeClockRunsTimersInDueOrder(t *testing.T) {
 	}
 	if _, ok := c.NextIn(); ok {
 		t.Fatal("a timer is left")
+	}
+}
+
+// TestFakeClockReset: Reset moves a pending timer to d from now, and
+// re-arms one that has fired, which then fires again, once.
+func TestFakeClockReset(t *testing.T) {
+	c := NewFakeClock(time.Unix(0, 0))
+	var fired []time.Duration
+	var tm Timer
+	tm = c.AfterFunc(time.Second, func() { fired = append(fired, c.Now().Sub(time.Unix(0, 0))) })
+	c.Advance(500 * time.Millisecond)
+	if !tm.Reset(time.Second) {
+		t.Fatal("Reset of a pending timer reported it was not pending")
+	}
+	c.Advance(time.Second - time.Nanosecond)
+	if len(fired) != 0 {
+		t.Fatalf("fired at %v, before its reset due time", fired)
+	}
+	c.Advance(time.Nanosecond)
+	if tm.Reset(2 * time.Second) {
+		t.Fatal("Reset of a fired timer reported it was pending")
+	}
+	c.Advance(10 * time.Second)
+	want := []time.Duration{1500 * time.Millisecond, 3500 * time.Millisecond}
+	if !slices.Equal(fired, want) {
+		t.Fatalf("fired at %v, want %v", fired, want)
+	}
+	if c.Pending() != 0 {
+		t.Fatalf("%d timers pending after the last fired", c.Pending())
 	}
 }
