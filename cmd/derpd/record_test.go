@@ -11,6 +11,7 @@ import (
 	"github.com/derpd/derpd/actors"
 	"github.com/derpd/derpd/actors/journal"
 	"github.com/derpd/derpd/wire"
+	"github.com/rs/zerolog"
 )
 
 // TestRecordJournalsARelaySession runs derpd with -record on loopback,
@@ -116,5 +117,31 @@ func TestRecordJournalsARelaySession(t *testing.T) {
 		if !found {
 			t.Errorf("packet %v not journaled", w)
 		}
+	}
+}
+
+func TestRecordFlags(t *testing.T) {
+	o, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.record != "" || o.recordMaxBytes != 1<<30 || o.recordPayloads {
+		t.Errorf("defaults: -record %q, -record-max-bytes %d, -record-payloads %v; want off, 1 GiB, false", o.record, o.recordMaxBytes, o.recordPayloads)
+	}
+	expectRefused(t, []string{"-record", "x", "-record-max-bytes", "-1"}, "-record-max-bytes")
+}
+
+// A journal that cannot be created stops start-up, naming the flag.
+func TestRecordUnwritableFile(t *testing.T) {
+	o, err := parseFlags([]string{"-dev", "-record", filepath.Join(t.TempDir(), "missing", "dir", "j")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := actors.NewSystem(zerolog.Nop())
+	if _, err := startRecording(o, sys, zerolog.Nop()); err == nil || !strings.HasPrefix(err.Error(), "-record: ") {
+		t.Fatalf("err %v, want one naming -record", err)
+	}
+	if sys.Recorder != nil {
+		t.Error("a recorder was set though the journal could not be made")
 	}
 }
