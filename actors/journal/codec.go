@@ -54,6 +54,12 @@ const (
 	// counters were the reader's and are not journaled.
 	TypeFlowTallyStarted MsgType = 20
 	TypeFlowTallyEnded   MsgType = 21
+	// TypeRejectBatch: uvarint count, then per event: u8 dir, u8 reason,
+	// key, addr, key detailKey, str detail, uvarint count.
+	TypeRejectBatch MsgType = 22
+	// TypeDisconnected: uvarint conn, key, addr, time since, bool mesh,
+	// str reason, str close, str error.
+	TypeDisconnected MsgType = 23
 
 	// Queries for the debug views (type only, except where noted).
 	TypeGetRegistryState MsgType = 30
@@ -171,6 +177,27 @@ func appendMessage(b []byte, msg any) ([]byte, MsgType) {
 		return binary.AppendUvarint(b, tallyConn(m.Tally)), TypeFlowTallyStarted
 	case *actors.FlowTallyEnded:
 		return binary.AppendUvarint(b, tallyConn(m.Tally)), TypeFlowTallyEnded
+	case *actors.RejectBatch:
+		b = binary.AppendUvarint(b, uint64(len(m.Events)))
+		for i := range m.Events {
+			e := &m.Events[i]
+			b = append(b, byte(e.Dir), byte(e.Reason))
+			b = append(b, e.Key[:]...)
+			b = appendAddr(b, e.Addr)
+			b = append(b, e.DetailKey[:]...)
+			b = appendString(b, e.Detail)
+			b = binary.AppendUvarint(b, uint64(max(e.Count, 0)))
+		}
+		return b, TypeRejectBatch
+	case *actors.Disconnected:
+		b = binary.AppendUvarint(b, m.Conn)
+		b = append(b, m.Key[:]...)
+		b = appendAddr(b, m.Addr)
+		b = appendTime(b, m.Since)
+		b = appendBool(b, m.Mesh)
+		b = appendString(b, m.Reason)
+		b = appendString(b, m.Close)
+		return appendString(b, m.Error), TypeDisconnected
 	case *actors.GetRegistryState:
 		return b, TypeGetRegistryState
 	case *actors.GetConns:
@@ -420,8 +447,9 @@ func (d *decoder) conn(t *ConnTable, what string) *actors.Conn {
 
 // Smallest encodings of list elements, for decoder.count.
 const (
-	minPresenceBytes   = wire.KeyLen + 1 + 1 + 1
-	minMeshUpdateBytes = wire.KeyLen + 1
+	minPresenceBytes    = wire.KeyLen + 1 + 1 + 1
+	minMeshUpdateBytes  = wire.KeyLen + 1
+	minRejectEventBytes = 2 + 2*wire.KeyLen + 1 + 1 + 1
 )
 
 // decodeMessage decodes the message of type typ; for TypeOpaque it returns
@@ -506,6 +534,22 @@ func decodeMessage(d *decoder, t *ConnTable, typ MsgType) (msg any, note string)
 		return &actors.FlowTallyStarted{Tally: t.Tally(d.uvarint("tally conn"))}, ""
 	case TypeFlowTallyEnded:
 		return &actors.FlowTallyEnded{Tally: t.Tally(d.uvarint("tally conn"))}, ""
+	case TypeRejectBatch:
+		m := &actors.RejectBatch{Events: make([]actors.RejectEvent, d.count("events", minRejectEventBytes))}
+		for i := range m.Events {
+			e := &m.Events[i]
+			e.Dir = actors.RejectDirection(d.u8("dir"))
+			e.Reason = actors.RejectReason(d.u8("reason"))
+			e.Key = d.key("key")
+			e.Addr = d.addr("addr")
+			e.DetailKey = d.key("detail key")
+			e.Detail = d.string("detail")
+			e.Count = int64(d.int("count"))
+		}
+		return m, ""
+	case TypeDisconnected:
+		return &actors.Disconnected{Conn: d.uvarint("conn"), Key: d.key("key"), Addr: d.addr("addr"), Since: d.time("since"),
+			Mesh: d.bool("mesh"), Reason: d.string("reason"), Close: d.string("close"), Error: d.string("error")}, ""
 	case TypeGetRegistryState:
 		return &actors.GetRegistryState{}, ""
 	case TypeGetConns:

@@ -58,6 +58,12 @@ func sampleMessages() (*actors.Conn, []any) {
 		&actors.CloseAll{Reason: "bye", Flush: true},
 		&actors.RestartAll{ReconnectIn: time.Second, TryFor: 3 * time.Second, Spread: -time.Millisecond, Reason: "SIGTERM"},
 		&actors.RestartSpreadDone{Closed: 5, Mesh: 1},
+		&actors.RejectBatch{Events: []actors.RejectEvent{
+			{Dir: 1, Reason: 7, Key: testKey(14), DetailKey: testKey(15), Detail: "no such key", Count: 3},
+			{Dir: 0, Reason: 2, Addr: netip.MustParseAddrPort("198.51.100.7:443"), Count: 1},
+		}},
+		&actors.Disconnected{Conn: 7, Key: testKey(1), Addr: netip.MustParseAddrPort("[2001:db8::1]:41641"),
+			Since: time.Unix(0, 1_700_000_000_123_456_789), Mesh: true, Reason: "client hung up", Close: "x", Error: "EOF"},
 		&actors.FlowTallyStarted{Tally: tally},
 		&actors.FlowTallyEnded{Tally: tally},
 		&actors.GetRegistryState{},
