@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -69,6 +70,7 @@ func TestRecordJournalsARelaySession(t *testing.T) {
 	registered := map[wire.NodePublic]uint64{}
 	unregistered := map[wire.NodePublic]bool{}
 	var packets []*journal.Record
+	seen := map[string]int{} // records by target kind and type, for -v
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -77,6 +79,11 @@ func TestRecordJournalsARelaySession(t *testing.T) {
 		if err != nil {
 			t.Fatalf("reading the journal: %v", err)
 		}
+		name := fmt.Sprintf("%s %T", rec.Target.Kind, rec.Msg)
+		if rec.Type == journal.TypeOpaque {
+			name = fmt.Sprintf("%s opaque %s", rec.Target.Kind, rec.Note)
+		}
+		seen[name]++
 		switch m := rec.Msg.(type) {
 		case *actors.Register:
 			registered[m.Conn.Key] = m.Conn.ID
@@ -87,6 +94,7 @@ func TestRecordJournalsARelaySession(t *testing.T) {
 			packets = append(packets, rec)
 		}
 	}
+	t.Logf("records by target and type: %v", seen)
 	for _, c := range []*rawClient{a, b} {
 		if registered[c.pub] == 0 || !unregistered[c.pub] {
 			t.Errorf("client %v: registered as %d, unregistered %v", c.pub.ShortString(), registered[c.pub], unregistered[c.pub])
