@@ -20,8 +20,13 @@ import (
 // reads the journal back: both registrations, every packet with its size
 // and true source, and both departures.
 func TestRecordJournalsARelaySession(t *testing.T) {
+	t.Run("sizes", func(t *testing.T) { testRecordSession(t, false) })
+	t.Run("payloads", func(t *testing.T) { testRecordSession(t, true) })
+}
+
+func testRecordSession(t *testing.T, payloads bool) {
 	path := filepath.Join(t.TempDir(), "derpd.journal")
-	p := startInProcess(t, "-record", path, "-shutdown-spread", "0s")
+	p := startInProcess(t, "-record", path, "-shutdown-spread", "0s", fmt.Sprintf("-record-payloads=%v", payloads))
 	host := strings.TrimPrefix(p.base, "http://")
 	a := dialDERP(t, host, wire.ClientInfo{Version: 2})
 	b := dialDERP(t, host, wire.ClientInfo{Version: 2})
@@ -64,8 +69,8 @@ func TestRecordJournalsARelaySession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Header().Payloads {
-		t.Error("payloads recorded without -record-payloads")
+	if r.Header().Payloads != payloads {
+		t.Errorf("header says payloads %v, want %v", r.Header().Payloads, payloads)
 	}
 	registered := map[wire.NodePublic]uint64{}
 	unregistered := map[wire.NodePublic]bool{}
@@ -105,8 +110,15 @@ func TestRecordJournalsARelaySession(t *testing.T) {
 	var got []sent
 	for _, rec := range packets {
 		pk := rec.Packet
-		if pk.SrcConn != registered[pk.Src] || rec.Target.ID != pk.SrcConn || pk.Payload != nil {
-			t.Errorf("packet record %+v: want from connection %d, no payload", rec, registered[pk.Src])
+		if pk.SrcConn != registered[pk.Src] || rec.Target.ID != pk.SrcConn {
+			t.Errorf("packet record %+v: want from connection %d", rec, registered[pk.Src])
+		}
+		wantPayload := []byte(nil)
+		if payloads {
+			wantPayload = bytes.Repeat([]byte{byte(pk.Size)}, pk.Size)
+		}
+		if !bytes.Equal(pk.Payload, wantPayload) {
+			t.Errorf("packet of %d bytes journaled with a payload of %d", pk.Size, len(pk.Payload))
 		}
 		got = append(got, sent{pk.Src, pk.Dst, pk.Size})
 	}
