@@ -123,7 +123,7 @@ type engine struct {
 
 	wallStart time.Time
 
-	conns   map[uint64][]*simConn // by recorded connection id: its clones
+	conns   connIndex // by recorded connection id: its clones
 	all     []*simConn
 	links   []*simForwarder
 	cloned  map[wire.NodePublic][]wire.NodePublic // clone keys, computed once per key
@@ -172,7 +172,6 @@ func newEngine(h journal.Header, opts Options) *engine {
 		batch:    opts.Batch,
 		clock:    actors.NewFakeClock(h.Start),
 		start:    h.Start,
-		conns:    make(map[uint64][]*simConn),
 		maxDepth: make(map[actors.ActorKind]int64),
 		fed:      make(map[any]time.Time),
 
@@ -325,7 +324,7 @@ func (e *engine) register(orig *actors.Conn) {
 		e.rep.Unknown++
 		return
 	}
-	clones := e.conns[orig.ID]
+	clones := e.conns.get(orig.ID)
 	if clones == nil {
 		n := e.k
 		if orig.CanMesh {
@@ -335,7 +334,7 @@ func (e *engine) register(orig *actors.Conn) {
 		for i := range clones {
 			clones[i] = e.newSimConn(orig, i)
 		}
-		e.conns[orig.ID] = clones
+		e.conns.set(orig.ID, clones)
 	}
 	for _, sc := range clones {
 		e.send(e.sys.Registry, &actors.Register{Conn: sc.conn})
@@ -395,7 +394,7 @@ func (e *engine) clonesOf(c *actors.Conn) []*simConn {
 		e.rep.Unknown++
 		return nil
 	}
-	clones := e.conns[c.ID]
+	clones := e.conns.get(c.ID)
 	if clones == nil {
 		e.rep.Unknown++
 	}
@@ -419,7 +418,7 @@ func (e *engine) flowTally(t *actors.FlowTally, started bool) {
 	if e.sys.Flows == nil {
 		flows.Spawn(e.sys, flows.Config{})
 	}
-	clones := e.conns[t.Conn]
+	clones := e.conns.get(t.Conn)
 	if clones == nil {
 		// A connection hands its tally over just before it registers:
 		// start the clones' tallies once they exist.
@@ -507,7 +506,7 @@ func (e *engine) packet(p *journal.PacketRecord) {
 		// then: let it take in what was fed before this packet.
 		e.settle(false)
 	}
-	clones := e.conns[p.SrcConn]
+	clones := e.conns.get(p.SrcConn)
 	for i := range e.k {
 		var sc *simConn
 		if clones != nil {

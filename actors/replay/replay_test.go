@@ -410,3 +410,19 @@ func TestPacedReplay(t *testing.T) {
 		t.Errorf("paced: delivered %d, produced %+v; -max: %d, %+v", paced.PacketsDelivered, paced.Produced, fast.PacketsDelivered, fast.Produced)
 	}
 }
+
+func TestConnIndex(t *testing.T) {
+	var x connIndex
+	a, b, c := []*simConn{{}}, []*simConn{{}, {}}, []*simConn{{}}
+	x.set(3, a)
+	x.set(denseConnIDs+5, b) // beyond the slice
+	x.set(1, c)
+	for _, tc := range []struct {
+		id   uint64
+		want []*simConn
+	}{{3, a}, {denseConnIDs + 5, b}, {1, c}, {2, nil}, {4, nil}, {denseConnIDs, nil}} {
+		if got := x.get(tc.id); len(got) != len(tc.want) || (len(got) > 0 && got[0] != tc.want[0]) {
+			t.Errorf("get(%d) = %v; want %v", tc.id, got, tc.want)
+		}
+	}
+}

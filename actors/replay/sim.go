@@ -93,3 +93,37 @@ func (f *simForwarder) ForwardPacket(_ wire.NodePublic, p *wire.Packet, _ *actor
 }
 
 func (f *simForwarder) Name() string { return f.name }
+
+// connIndex finds a recorded connection's clones by its id, once per
+// packet. A process numbers its connections from 1, so ids up to
+// denseConnIDs index a slice (one memory access, where a map of 100,000
+// connections costs several cache misses per lookup) and larger ones, a
+// journal's oddity, go in a map.
+type connIndex struct {
+	dense  [][]*simConn
+	sparse map[uint64][]*simConn
+}
+
+// denseConnIDs bounds the slice: 24 MiB at most.
+const denseConnIDs = 1 << 20
+
+func (x *connIndex) get(id uint64) []*simConn {
+	if id < uint64(len(x.dense)) {
+		return x.dense[id]
+	}
+	return x.sparse[id]
+}
+
+func (x *connIndex) set(id uint64, clones []*simConn) {
+	if id < denseConnIDs {
+		if id >= uint64(len(x.dense)) {
+			x.dense = append(x.dense, make([][]*simConn, int(id)+1-len(x.dense))...)
+		}
+		x.dense[id] = clones
+		return
+	}
+	if x.sparse == nil {
+		x.sparse = make(map[uint64][]*simConn)
+	}
+	x.sparse[id] = clones
+}
