@@ -4,10 +4,10 @@
 // send bursts of packets to each other, stall, duplicate their
 // connections and leave, while the seed injects faults (mesh links cut
 // and restored, a node's registry restarting with empty tables, a whole
-// node restarting). The run
-// is a function of the seed alone: one scheduler picks which actor runs
-// next, one fake clock is the only time, and invariants are checked after
-// every step, so a failing seed is printed and reproduces exactly.
+// node restarting). The run is a function of the seed alone: one
+// scheduler picks which actor runs next, one fake clock is the only
+// time, and invariants are checked after every step, so a failing seed
+// is printed and reproduces exactly.
 //
 // What is real: the registry actor of every node, with its route table,
 // its gauges and its panic recovery. What is simulated: the client

@@ -28,9 +28,9 @@ func TestMain(m *testing.M) {
 	// Each node is an actor system, and protoactor gives each one a
 	// process registry of 1024 concurrent maps of SHARD_COUNT shards:
 	// 32,768 Go maps, most of a short run's time and memory. A simulated
-	// node holds a few dozen actors, so one shard each will do; nothing
-	// here is concurrent. (It must be set before the first map is made,
-	// and stay.)
+	// node holds a few dozen actors, touched only by its run's goroutine,
+	// so one shard (one lock) per map will do. (It must be set before the
+	// first map is made, and stay.)
 	cmap.SHARD_COUNT = 1
 	os.Exit(m.Run())
 }
