@@ -23,6 +23,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"strings"
@@ -96,11 +97,19 @@ func Run(r *journal.Reader, opts Options) (*Report, error) {
 			break
 		}
 		order.push(rec, e.record)
+		if e.err != nil {
+			break
+		}
 	}
 	if errors.Is(err, io.EOF) {
 		err = nil
 	}
-	order.flush(e.record)
+	if e.err == nil {
+		order.flush(e.record)
+	}
+	if err == nil {
+		err = e.err
+	}
 	e.rep.Late = order.late
 	e.settle(true)
 	elapsed := time.Since(started)
@@ -143,6 +152,8 @@ type engine struct {
 	hist histogram
 
 	rep Report
+	err error  // a record no live server could have made: the replay stops
+	seq uint64 // of the record being fed, for errors
 }
 
 func newEngine(h journal.Header, opts Options) *engine {
@@ -200,7 +211,11 @@ func newEngine(h journal.Header, opts Options) *engine {
 
 // record feeds one journal record.
 func (e *engine) record(rec *journal.Record) {
+	if e.err != nil {
+		return
+	}
 	e.rep.Records++
+	e.seq = rec.Seq
 	e.rep.Journal = max(e.rep.Journal, rec.At)
 	e.pace(rec.At)
 	switch rec.Kind {
@@ -500,6 +515,12 @@ func isInput(msg any) bool {
 
 // packet routes a recorded packet, once per clone index.
 func (e *engine) packet(p *journal.PacketRecord) {
+	if p.Size < 0 || p.Size > wire.MaxPacketSize {
+		// The Reader checks the framing, not what a reader could have
+		// read off a connection.
+		e.err = fmt.Errorf("journal: record %d: a packet of %d bytes, more than DERP carries (%d)", e.seq, p.Size, wire.MaxPacketSize)
+		return
+	}
 	e.rep.PacketRecords++
 	if e.pending > 0 {
 		// A reader routes with the table the registry has published by

@@ -426,3 +426,20 @@ func TestConnIndex(t *testing.T) {
 		}
 	}
 }
+
+// The Reader checks a journal's framing; a packet no connection could
+// have carried is the replay's to refuse, with an error, not a panic.
+func TestOversizePacketRecord(t *testing.T) {
+	b := newBuilder(t)
+	a := conn(1, 1)
+	b.toRegistry(&actors.Register{Conn: a})
+	b.packet(a, a.Key, wire.MaxPacketSize+1)
+	jr, err := journal.Open(bytes.NewReader(b.bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(jr, Options{Max: true})
+	if err == nil || !strings.Contains(err.Error(), "record 2") {
+		t.Errorf("replay of a packet of %d bytes: %v; want an error naming record 2", wire.MaxPacketSize+1, err)
+	}
+}
