@@ -71,6 +71,11 @@ type Flows struct {
 	swept   int64
 
 	collectTimer, sweepTimer actors.Timer
+
+	// The largest each map has been since it was made: actors.Shrink
+	// copies a map that has fallen far below it, as the flows of a burst
+	// are swept, so that their buckets do not stay for good.
+	talliesPeak, flowsPeak actors.MapPeak
 }
 
 type flowKey struct {
@@ -169,12 +174,14 @@ func (f *Flows) Receive(ctx actor.Context) {
 	case *actors.FlowTallyStarted:
 		if _, ok := f.tallies[m.Tally]; !ok {
 			f.tallies[m.Tally] = &tallyState{known: make(map[*actors.FlowCounter]*seenCounter)}
+			f.tallies = actors.Shrink(f.tallies, &f.talliesPeak)
 			f.publish()
 		}
 	case *actors.FlowTallyEnded:
 		if ts := f.tallies[m.Tally]; ts != nil {
 			f.collectTally(m.Tally, ts, true)
 			delete(f.tallies, m.Tally)
+			f.tallies = actors.Shrink(f.tallies, &f.talliesPeak)
 			f.publish()
 		}
 	case *collectTick:
@@ -260,6 +267,7 @@ func (f *Flows) gain(c *actors.FlowCounter, sc *seenCounter, now time.Time) {
 		fl = &flow{key: k, first: now, window: make([]sample, f.cfg.Window)}
 		fl.elem = f.lru.PushFront(fl)
 		f.flows[k] = fl
+		f.flows = actors.Shrink(f.flows, &f.flowsPeak)
 	} else {
 		f.lru.MoveToFront(fl.elem)
 	}
@@ -299,6 +307,9 @@ func (f *Flows) sweep() {
 		delete(f.flows, fl.key)
 		n++
 	}
+	// Flows leave only here (and by eviction, which keeps the map full):
+	// once per sweep is once per batch of removals.
+	f.flows = actors.Shrink(f.flows, &f.flowsPeak)
 	if n > 0 {
 		f.swept += int64(n)
 		f.sys.Stats.FlowsSwept.Add(int64(n))
