@@ -31,7 +31,12 @@ func TestReceiveRateLimitWaitsAndNeverDrops(t *testing.T) {
 		t.Fatalf("b got %v of %d bytes, want the big packet", typ, len(body))
 	}
 	a.send(b.pub, []byte("second"))
-	waitFor(t, func() bool { return s.sys.Stats.RateLimitWaits.Load() == 1 && clock.Pending() > 0 })
+	// The connections' keepalive timers (a minute away) are pending on
+	// the same clock: wait for the reader's timer, the one due soon.
+	waitFor(t, func() bool {
+		d, ok := clock.NextIn()
+		return s.sys.Stats.RateLimitWaits.Load() == 1 && ok && d < time.Second
+	})
 	// a's reader now waits, before handling the frame: the packet cannot
 	// have been routed. The bucket refills at 1000 bytes per second.
 	d, _ := clock.NextIn()
