@@ -140,6 +140,16 @@ type SendPeerGone struct {
 	Reason wire.PeerGoneReason
 }
 
+// ForgetSource tells a connection that the registry no longer counts it
+// among Peer's recipients although Peer never left (the probation of an
+// unknown forwarded source ran out, or there was no room to start one):
+// no PeerGone will come for what it was written so far, so the outbox
+// must forget having reported Peer, and report it again with its next
+// packet from Peer. Without this the outbox, which reports a source
+// only once, would stay silent when Peer later came into the region
+// and wrote again, and the connection would never hear Peer leave.
+type ForgetSource struct{ Peer wire.NodePublic }
+
 // PeerPresence is one entry of a watcher update.
 type PeerPresence struct {
 	Peer    wire.NodePublic

@@ -83,6 +83,15 @@ type Outbox struct {
 	// a slice swap.
 	deliveredMu sync.Mutex
 	delivered   []actors.DeliveredSource
+	// forget, also under deliveredMu, lists the sources the registry has
+	// stopped counting this connection a recipient of (ForgetSource),
+	// for the writer to take out of seen before its next packet;
+	// forgetAll says there were too many to list, and seen starts over.
+	// forgetPending is raised while either is set, so that the writer
+	// looks with one atomic load per packet, not a lock.
+	forget        []wire.NodePublic
+	forgetAll     bool
+	forgetPending atomic.Bool
 
 	// Owned by whoever holds the writer's slot (see running): the writer
 	// goroutine, or a reader writing a lone packet directly.
@@ -704,6 +713,9 @@ const maxPendingDelivered = maxSeenSources
 // when this report makes it non-empty: one Delivered per connection waits
 // in its mailbox, not one per source, whatever the packet rate.
 func (o *Outbox) noteSource(src wire.NodePublic, forwarded bool) {
+	if o.forgetPending.Load() {
+		o.applyForget()
+	}
 	if o.haveLast && src == o.lastSrc {
 		return
 	}
@@ -745,6 +757,53 @@ func (o *Outbox) reportDelivered(src wire.NodePublic, forwarded bool) bool {
 		o.sys.Send(o.sys.Registry, &actors.Delivered{Receiver: o.owner})
 	}
 	return true
+}
+
+// ForgetSource says the registry no longer counts this connection among
+// src's recipients (see actors.ForgetSource): src's next packet must be
+// reported again. The client actor calls it; the writer applies it before
+// the next packet it writes (applyForget), so that any packet queued
+// after this call, which is every packet the registry could have routed
+// here after it forgot, finds src forgotten.
+//
+// Forgetting more than the registry did is harmless: a source reported
+// twice is recorded once. (That is what happens when the forget crosses
+// a fresh report of src on its way to the registry: the registry records
+// the report after it forgot, and the outbox's next packet from src
+// reports it once more.) Forgetting less is what loses a PeerGone, so
+// when forgets pile up past maxSeenSources, the writer forgets every
+// source rather than let the list grow.
+func (o *Outbox) ForgetSource(src wire.NodePublic) {
+	o.deliveredMu.Lock()
+	if !o.forgetAll {
+		if len(o.forget) < maxSeenSources {
+			o.forget = append(o.forget, src)
+		} else {
+			o.forget, o.forgetAll = nil, true
+		}
+	}
+	o.forgetPending.Store(true)
+	o.deliveredMu.Unlock()
+}
+
+// applyForget takes the sources ForgetSource listed out of seen. Run by
+// the holder of the writer's slot, which owns seen.
+func (o *Outbox) applyForget() {
+	o.deliveredMu.Lock()
+	forget, all := o.forget, o.forgetAll
+	o.forget, o.forgetAll = nil, false
+	o.forgetPending.Store(false)
+	o.deliveredMu.Unlock()
+	if all {
+		clear(o.seen)
+	}
+	for _, k := range forget {
+		delete(o.seen, k)
+	}
+	o.haveLast = false
+	if o.owner != nil {
+		o.owner.UniqueSenders.Store(int64(len(o.seen)))
+	}
 }
 
 // TakeDelivered implements actors.DeliveredTaker: the registry's side of

@@ -255,6 +255,60 @@ func TestOutboxReportsFirstDeliveryPerSource(t *testing.T) {
 	e.mustRing(t, 1, testKey(1))
 }
 
+// TestOutboxReportsAgainAfterForgetSource: once the registry says it no
+// longer counts this connection among a source's recipients, the
+// source's next packet is reported again, even when it is the source of
+// the packet just before (the lastSrc shortcut); other sources stay
+// reported.
+func TestOutboxReportsAgainAfterForgetSource(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	e.ob.Start()
+	for _, src := range []byte{2, 1} {
+		e.ob.SendPacket(packet(testKey(src), []byte("p")), nil)
+		e.readFrame(t)
+	}
+	e.d.RunUntilIdle()
+	e.mustRing(t, 1, testKey(2), testKey(1))
+
+	e.ob.ForgetSource(testKey(1))
+	for _, src := range []byte{1, 2, 1} {
+		e.ob.SendPacket(packet(testKey(src), []byte("again")), nil)
+		e.readFrame(t)
+	}
+	e.d.RunUntilIdle()
+	e.mustRing(t, 1, testKey(1))
+	if n := e.ob.owner.UniqueSenders.Load(); n != 2 {
+		t.Fatalf("unique senders %d, want 2", n)
+	}
+}
+
+// TestOutboxForgetsEverySourceWhenForgetsPileUp: more forgets than
+// maxSeenSources before the writer takes them make it forget every
+// source, rather than keep a list that long.
+func TestOutboxForgetsEverySourceWhenForgetsPileUp(t *testing.T) {
+	e := newOutboxEnv(t, OutboxConfig{})
+	e.ob.Start()
+	e.ob.SendPacket(packet(testKey(1), []byte("p")), nil)
+	e.readFrame(t)
+	e.d.RunUntilIdle()
+	e.mustRing(t, 1, testKey(1))
+	for i := range maxSeenSources + 1 {
+		var k wire.NodePublic
+		k[0], k[1], k[31] = byte(i>>8), byte(i), 0x55
+		e.ob.ForgetSource(k)
+	}
+	e.ob.deliveredMu.Lock()
+	n, all := len(e.ob.forget), e.ob.forgetAll
+	e.ob.deliveredMu.Unlock()
+	if n != 0 || !all {
+		t.Fatalf("%d forgets listed (forget all: %v), want none listed and all forgotten", n, all)
+	}
+	e.ob.SendPacket(packet(testKey(1), []byte("again")), nil)
+	e.readFrame(t)
+	e.d.RunUntilIdle()
+	e.mustRing(t, 1, testKey(1))
+}
+
 func TestOutboxPresenceUpdatesInOrder(t *testing.T) {
 	e := newOutboxEnv(t, OutboxConfig{})
 	e.ob.Start()
