@@ -235,11 +235,69 @@ func TestForwardedDeliveredAfterWithdrawal(t *testing.T) {
 	}
 	clock.Advance(time.Duration(unknownSourceProbation))
 	h.d.RunUntilIdle()
-	if got := b.take(); len(got) != 0 {
-		t.Fatalf("receiver was sent %v, want nothing", got)
+	if got := b.take(); len(got) != 1 || *got[0].(*actors.ForgetSource) != (actors.ForgetSource{Peer: key(9)}) {
+		t.Fatalf("receiver was sent %v, want ForgetSource(9) alone", got)
 	}
 	if len(h.r.recipients) != 0 || len(h.r.conns[b.conn].heardFrom) != 0 {
 		t.Fatal("withdrawn forwarded source not forgotten after its probation")
 	}
 	h.mustBeConsistent()
+}
+
+// TestForgottenSourceReturnsAndLeaves is the sequence the whole-relay
+// simulation found (seed 437): a key writes to b through the mesh, its
+// withdrawal overtakes the Delivered, so it goes on probation, and the
+// sweep forgets b as its recipient. The key then connects here and
+// writes to b again, and leaves: b must hear PeerGone. That takes the
+// outbox reporting the key a second time, which it does only because
+// the sweep told it to forget the first report (ForgetSource); the
+// stand-in outbox here rings again only then, as client.Outbox does.
+func TestForgottenSourceReturnsAndLeaves(t *testing.T) {
+	h, clock := newHarnessWithClock(t)
+	b := h.connect(key(2), false)
+	h.linkUp(1)
+	h.update(1, true, key(22))
+	h.ring(b, key(22), true)
+	h.post(&actors.MeshUpdate{Link: 1, Updates: []actors.MeshPeerUpdate{{Key: key(22), Present: false}}})
+	h.d.RunUntilIdle()
+	clock.Advance(unknownSourceProbation)
+	h.d.RunUntilIdle()
+	forgot := false
+	for _, m := range b.take() {
+		if f, ok := m.(*actors.ForgetSource); ok && f.Peer == key(22) {
+			forgot = true
+		}
+	}
+	if !forgot {
+		t.Fatal("the sweep forgot b as a recipient of key 22 without telling b")
+	}
+
+	a := h.connect(key(22), false)
+	h.ring(b, key(22), false) // the outbox, having forgotten, reports it again
+	h.d.RunUntilIdle()
+	h.send(&actors.Unregister{Conn: a.conn})
+	if got := peerGones(b.take()); len(got) != 1 || got[0].Peer != key(22) {
+		t.Fatalf("after key 22 left, b was sent PeerGone %v, want one for key 22", got)
+	}
+	h.mustBeConsistent()
+}
+
+// TestIgnoredUnknownSourceIsForgotten: with no room left on probation, a
+// forwarded unknown source's Delivered is not recorded, and the receiver
+// is told to forget it, so that it reports the source again.
+func TestIgnoredUnknownSourceIsForgotten(t *testing.T) {
+	h, _ := newHarnessWithClock(t)
+	b := h.connect(key(2), false)
+	for i := range maxUnknownSources {
+		var k wire.NodePublic
+		k[0], k[1], k[2], k[31] = byte(i>>16), byte(i>>8), byte(i), 0x77
+		h.r.unknownSources[k] = h.sys.Clock.Now()
+	}
+	h.send(delivered(b.conn, key(9), true))
+	if got := b.take(); len(got) != 1 || *got[0].(*actors.ForgetSource) != (actors.ForgetSource{Peer: key(9)}) {
+		t.Fatalf("receiver was sent %v, want ForgetSource(9) alone", got)
+	}
+	if len(h.r.recipients[key(9)]) != 0 {
+		t.Fatal("an ignored source was recorded")
+	}
 }
