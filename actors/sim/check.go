@@ -230,7 +230,9 @@ func (s *sim) checkNodeAtRest(n *node) {
 
 // checkPeerGoneOwed: a connection that was written packets from a key
 // that has since left the whole region was sent PeerGone for it, unless
-// the registry documents that it is not owed one (probation).
+// the registry documents that it is not owed one: the key was on
+// probation (unknown when the registry took the Delivered) and was not
+// written to the connection again once it had come into the region.
 func (s *sim) checkPeerGoneOwed() {
 	for _, n := range s.nodes {
 		for _, id := range sortedIDs(n.open) {
@@ -243,10 +245,7 @@ func (s *sim) checkPeerGoneOwed() {
 				if h == nil || len(src.conns) > 0 {
 					continue
 				}
-				onProbation := h.probationAt > h.lastGone
-				if onProbation && s.cfg.StrictProbation && h.writtenWhileKnown {
-					onProbation = false
-				}
+				onProbation := h.probationAt > h.lastGone && !h.writtenWhileKnown
 				if h.lastDeliv > h.lastGone && !onProbation {
 					s.failf("%s: c%d (key %d) heard from key %d (last at step %d), which left the region at step %d, and was not sent PeerGone",
 						n.name, c.id, c.cl.idx, src.idx, h.lastDelivStep, src.leftStep)

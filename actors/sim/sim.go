@@ -51,11 +51,6 @@ type Config struct {
 	// the checks that need it: registry consistency, live actors, PeerGone
 	// owed, packets unaccounted.
 	CheckEvery int
-	// StrictProbation owes PeerGone also to a receiver whose source was
-	// on probation (unknown to the registry when it took the Delivered)
-	// if the source later came into the region and wrote to the receiver
-	// again before it left: the registry knew the source by then.
-	StrictProbation bool
 	// Trace, when set, is called with every line of the trace.
 	Trace func(string)
 }
@@ -197,8 +192,9 @@ type heard struct {
 	probationAt uint64
 	// writtenWhileKnown: since the probation began, a packet from the
 	// source was written while the registry knew the source (it came
-	// into the region after the probation began). Under StrictProbation
-	// that makes a PeerGone owed again.
+	// into the region after the probation began). That makes a PeerGone
+	// owed again: if the sweep had forgotten the receiver meanwhile, it
+	// told the receiver so (ForgetSource), and the packet was reported.
 	writtenWhileKnown bool
 }
 
@@ -817,6 +813,10 @@ func (a *connActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actors.SendPeerGone:
 		s.peerGone(c, m)
+	case *actors.ForgetSource:
+		// The client actor hands it to the outbox, which forgets having
+		// reported the source before it writes its next packet.
+		delete(c.seen, m.Peer)
 	case *actors.SendPeerPresence:
 		if c.link == nil {
 			s.failf("client connection c%d was sent watcher updates", c.id)
@@ -1032,6 +1032,8 @@ func describe(msg any) string {
 		return fmt.Sprintf("MeshUpdate session %d, %d updates", m.Link, len(m.Updates))
 	case *actors.SendPeerGone:
 		return "SendPeerGone " + keyName(m.Peer)
+	case *actors.ForgetSource:
+		return "ForgetSource " + keyName(m.Peer)
 	case *actors.SendPeerPresence:
 		return fmt.Sprintf("SendPeerPresence %d updates", len(m.Updates))
 	}

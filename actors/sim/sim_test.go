@@ -11,18 +11,11 @@ import (
 )
 
 var (
-	seedFlag   = flag.Uint64("seed", 0, "run only this seed (0: run -seeds seeds from -first)")
-	seedsFlag  = flag.Int("seeds", 250, "how many seeds TestSim runs")
-	firstFlag  = flag.Uint64("first", 1, "the first seed TestSim runs")
-	traceFlag  = flag.Bool("simtrace", false, "with -seed: print the whole trace")
-	strictFlag = flag.Bool("strict-probation", false, "owe PeerGone to receivers of a source that was on probation and later came into the region")
+	seedFlag  = flag.Uint64("seed", 0, "run only this seed (0: run -seeds seeds from -first)")
+	seedsFlag = flag.Int("seeds", 250, "how many seeds TestSim runs")
+	firstFlag = flag.Uint64("first", 1, "the first seed TestSim runs")
+	traceFlag = flag.Bool("simtrace", false, "with -seed: print the whole trace")
 )
-
-func config(seed uint64) Config {
-	cfg := ConfigFor(seed)
-	cfg.StrictProbation = *strictFlag
-	return cfg
-}
 
 func TestMain(m *testing.M) {
 	// Each node is an actor system, and protoactor gives each one a
@@ -39,7 +32,7 @@ func TestMain(m *testing.M) {
 // -seed names (docs/testing.md, "Whole-relay simulation").
 func TestSim(t *testing.T) {
 	if *seedFlag != 0 {
-		cfg := config(*seedFlag)
+		cfg := ConfigFor(*seedFlag)
 		if *traceFlag {
 			cfg.Trace = func(line string) { t.Log(line) }
 		}
@@ -79,7 +72,7 @@ func TestSim(t *testing.T) {
 				if stop {
 					return
 				}
-				res, err := Run(config(seed))
+				res, err := Run(ConfigFor(seed))
 				mu.Lock()
 				if err != nil && (failed == nil || seed < failedSeed) {
 					// Report the lowest failing seed, so that the report
