@@ -73,6 +73,7 @@ func (r *Registry) announce(s *session, k wire.NodePublic) bool {
 	}
 	s.seq++
 	s.keys[k] = s.seq
+	s.keys = actors.Shrink(s.keys, &s.keysPeak)
 	r.known(k)
 	list := append(r.forwarders[k], s)
 	r.forwarders[k] = list
@@ -98,6 +99,7 @@ func (r *Registry) withdraw(ctx actor.Context, s *session, k wire.NodePublic) {
 		return
 	}
 	delete(s.keys, k)
+	s.keys = actors.Shrink(s.keys, &s.keysPeak)
 	r.dropForwarder(ctx, s, k)
 }
 

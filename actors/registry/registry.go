@@ -65,6 +65,8 @@ type Registry struct {
 	restart *restartPlan
 
 	mbox *actors.MailboxStats // its own mailbox's counts
+
+	peaks mapPeaks // for shrinkMaps (shrink.go)
 }
 
 // session is one connected mesh link session: a peer server whose
@@ -82,6 +84,7 @@ type session struct {
 	seq        uint64
 	refused    int64 // announcements refused at the key limit
 	warnedFull bool
+	keysPeak   actors.MapPeak
 }
 
 // DefaultMaxSessionKeys bounds how many keys one mesh link session may
@@ -123,6 +126,10 @@ type connState struct {
 	key       *keyState // its key's, so a snapshot need not look keys up
 	seq       uint64
 	heardFrom map[wire.NodePublic]struct{}
+	// heardFromPeak is the most heardFrom has held since it was made: a
+	// receiver that outlives a burst of sources (made-up forwarded ones
+	// above all) gives their buckets back (actors.Shrink).
+	heardFromPeak actors.MapPeak
 }
 
 // New returns a registry for a server whose own key is serverKey (a mesh
@@ -256,6 +263,7 @@ func (r *Registry) Receive(ctx actor.Context) {
 	case *actors.CheckConsistency:
 		ctx.Respond(&actors.ConsistencyReport{Problems: r.check()})
 	}
+	r.shrinkMaps()
 }
 
 func (r *Registry) register(ctx actor.Context, c *actors.Conn) {
@@ -412,6 +420,7 @@ func (r *Registry) goneFromRegion(ctx actor.Context, k wire.NodePublic) {
 		ctx.Send(c.PID, &actors.SendPeerGone{Peer: k, Reason: wire.PeerGoneDisconnected})
 		if cs := r.conns[c]; cs != nil {
 			delete(cs.heardFrom, k)
+			cs.heardFrom = actors.Shrink(cs.heardFrom, &cs.heardFromPeak)
 		}
 	}
 	delete(r.recipients, k)
@@ -505,6 +514,7 @@ func (r *Registry) deliveredFrom(ctx actor.Context, cs *connState, s actors.Deli
 		cs.heardFrom = make(map[wire.NodePublic]struct{})
 	}
 	cs.heardFrom[s.Source] = struct{}{}
+	cs.heardFrom = actors.Shrink(cs.heardFrom, &cs.heardFromPeak)
 }
 
 // Unknown forwarded sources are forgotten once unknown for
@@ -574,6 +584,7 @@ func (r *Registry) sweepUnknown(ctx actor.Context) {
 		for _, c := range sortedConns(r.recipients[src]) {
 			if cs := r.conns[c]; cs != nil {
 				delete(cs.heardFrom, src)
+				cs.heardFrom = actors.Shrink(cs.heardFrom, &cs.heardFromPeak)
 			}
 			ctx.Send(c.PID, &actors.ForgetSource{Peer: src})
 		}
