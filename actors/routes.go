@@ -280,6 +280,13 @@ func (t *RouteTable) Delete(k wire.NodePublic) {
 			tab.slots[i].Store(tombstone)
 			t.live--
 			t.dead++
+			// A table grown for a burst of clients shrinks once they have
+			// mostly left: under an eighth full, it is rebuilt for what it
+			// holds (at under half full, so the next shrink waits for at
+			// least half of those to leave: amortized O(1) a deletion).
+			if len(tab.slots) > minRouteSlots && 8*t.live < len(tab.slots) {
+				t.rebuild()
+			}
 			return
 		}
 	}

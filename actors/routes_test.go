@@ -73,6 +73,30 @@ func TestRouteTableChurnDoesNotGrow(t *testing.T) {
 	}
 }
 
+// TestRouteTableShrinksAfterABurst: a table grown for 50,000 keys is
+// rebuilt small once all but a few have left, and keeps those.
+func TestRouteTableShrinksAfterABurst(t *testing.T) {
+	rt := NewRouteTable()
+	const n, kept = 50_000, 10
+	for i := range n {
+		rt.Set(&Route{Key: rkey(i), Local: nopSink{}})
+	}
+	for i := kept; i < n; i++ {
+		rt.Delete(rkey(i))
+	}
+	if size := len(rt.tab.Load().slots); size > 4*minRouteSlots {
+		t.Fatalf("table of %d slots once %d keys of %d are left", size, kept, n)
+	}
+	for i := range kept {
+		if rt.Lookup(rkey(i)) == nil {
+			t.Fatalf("key %d lost when the table shrank", i)
+		}
+	}
+	if rt.Len() != kept {
+		t.Fatalf("Len %d, want %d", rt.Len(), kept)
+	}
+}
+
 // TestRouteTableConcurrentReaders runs lookups from many goroutines while
 // one writer churns, under the race detector: readers must always see
 // either no route or a complete one for the key they asked for.
