@@ -30,5 +30,4 @@
 //	client actor ──Unregister (once its reader has ended)─────────▶ registry
 //	writer ──Delivered (first packet from a source)──────────────▶ registry
 //	registry ──Registered/SendPeerGone/SendPeerPresence/CloseConn─▶ client
-//	registry ──ForgetSource (a recipient dropped without PeerGone)─▶ client
 package actors

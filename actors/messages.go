@@ -118,6 +118,25 @@ type DeliveredTaker interface {
 	TakeDelivered() []DeliveredSource
 }
 
+// SourceForgetter is a receiver's sink that can be told to forget having
+// reported a source (the client outbox can): the registry no longer
+// counts the receiver among the source's recipients although the source
+// never left (the probation of an unknown forwarded source ran out, or
+// there was no room to start one), so no PeerGone will come for what
+// was written so far, and the source's next packet must be reported
+// again. Without it the sink, which reports a source only the first
+// time, would stay silent when the source later came into the region
+// and wrote again, and the receiver would never hear it leave.
+//
+// The registry calls it directly, in its receive path, as it calls
+// TakeDelivered, and not by a message to the receiver's client actor:
+// that hop would leave a window in which the source could come into
+// the region (the registry handling its Register or announcement next)
+// and be written to the receiver, unreported. Safe from any goroutine.
+type SourceForgetter interface {
+	ForgetSource(src wire.NodePublic)
+}
+
 // Take fills Sources, unless the sender did, from Receiver's sink, and
 // returns them. Only the registry's goroutine (or a recorder running in
 // its receive path) calls it. Calling it twice is harmless: a second call
@@ -139,16 +158,6 @@ type SendPeerGone struct {
 	Peer   wire.NodePublic
 	Reason wire.PeerGoneReason
 }
-
-// ForgetSource tells a connection that the registry no longer counts it
-// among Peer's recipients although Peer never left (the probation of an
-// unknown forwarded source ran out, or there was no room to start one):
-// no PeerGone will come for what it was written so far, so the outbox
-// must forget having reported Peer, and report it again with its next
-// packet from Peer. Without this the outbox, which reports a source
-// only once, would stay silent when Peer later came into the region
-// and wrote again, and the connection would never hear Peer leave.
-type ForgetSource struct{ Peer wire.NodePublic }
 
 // PeerPresence is one entry of a watcher update.
 type PeerPresence struct {

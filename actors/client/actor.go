@@ -46,8 +46,6 @@ func (a *clientActor) Receive(ctx actor.Context) {
 		}
 	case *actors.SendPeerGone:
 		a.outbox.QueuePeerGone(m.Peer, m.Reason)
-	case *actors.ForgetSource:
-		a.outbox.ForgetSource(m.Peer)
 	case *actors.SendPeerPresence:
 		a.outbox.QueuePresence(m.Updates)
 	case *actors.SendRestarting:

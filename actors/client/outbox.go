@@ -84,7 +84,8 @@ type Outbox struct {
 	deliveredMu sync.Mutex
 	delivered   []actors.DeliveredSource
 	// forget, also under deliveredMu, lists the sources the registry has
-	// stopped counting this connection a recipient of (ForgetSource),
+	// stopped counting this connection a recipient of (ForgetSource, the
+	// registry's other side of the handoff),
 	// for the writer to take out of seen before its next packet;
 	// forgetAll says there were too many to list, and seen starts over.
 	// forgetPending is raised while either is set, so that the writer
@@ -759,12 +760,11 @@ func (o *Outbox) reportDelivered(src wire.NodePublic, forwarded bool) bool {
 	return true
 }
 
-// ForgetSource says the registry no longer counts this connection among
-// src's recipients (see actors.ForgetSource): src's next packet must be
-// reported again. The client actor calls it; the writer applies it before
-// the next packet it writes (applyForget), so that any packet queued
-// after this call, which is every packet the registry could have routed
-// here after it forgot, finds src forgotten.
+// ForgetSource implements actors.SourceForgetter: the registry no longer
+// counts this connection among src's recipients, and src's next packet
+// must be reported again. The registry calls it; the writer applies it
+// before the next packet it writes (applyForget), so that every packet
+// written after this call, whenever it was queued, finds src forgotten.
 //
 // Forgetting more than the registry did is harmless: a source reported
 // twice is recorded once. (That is what happens when the forget crosses

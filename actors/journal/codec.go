@@ -60,7 +60,8 @@ const (
 	// TypeDisconnected: uvarint conn, key, addr, time since, bool mesh,
 	// str reason, str close, str error.
 	TypeDisconnected MsgType = 23
-	TypeForgetSource MsgType = 24 // key peer
+	// 24 was ForgetSource for a few commits (it became a call on the
+	// sink, actors.SourceForgetter): retired, not to be reused.
 
 	// Queries for the debug views (type only, except where noted).
 	TypeGetRegistryState MsgType = 30
@@ -124,8 +125,6 @@ func appendMessage(b []byte, msg any) ([]byte, MsgType) {
 	case *actors.SendPeerGone:
 		b = append(b, m.Peer[:]...)
 		return append(b, byte(m.Reason)), TypeSendPeerGone
-	case *actors.ForgetSource:
-		return append(b, m.Peer[:]...), TypeForgetSource
 	case *actors.SendPeerPresence:
 		b = binary.AppendUvarint(b, uint64(len(m.Updates)))
 		for i := range m.Updates {
@@ -495,8 +494,6 @@ func decodeMessage(d *decoder, t *ConnTable, typ MsgType) (msg any, note string)
 		return m, ""
 	case TypeSendPeerGone:
 		return &actors.SendPeerGone{Peer: d.key("peer"), Reason: wire.PeerGoneReason(d.u8("reason"))}, ""
-	case TypeForgetSource:
-		return &actors.ForgetSource{Peer: d.key("peer")}, ""
 	case TypeSendPeerPresence:
 		n := d.count("updates", minPresenceBytes)
 		m := &actors.SendPeerPresence{Updates: make([]actors.PeerPresence, n)}

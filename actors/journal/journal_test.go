@@ -43,7 +43,6 @@ func sampleMessages() (*actors.Conn, []any) {
 		&actors.ClosePeer{From: c, Target: testKey(2)},
 		&actors.Delivered{Receiver: c, Sources: []actors.DeliveredSource{{Source: testKey(3)}, {Source: testKey(4), Forwarded: true}}},
 		&actors.SendPeerGone{Peer: testKey(5), Reason: wire.PeerGoneReason(1)},
-		&actors.ForgetSource{Peer: testKey(16)},
 		&actors.SendPeerPresence{Updates: []actors.PeerPresence{
 			{Peer: testKey(6), Present: true, Addr: netip.MustParseAddrPort("192.0.2.1:3478"), Flags: 1},
 			{Peer: testKey(7)},

@@ -459,8 +459,8 @@ func sortedConns[V any](set map[*actors.Conn]V) []*actors.Conn {
 //     packet written after the key came back from a connection's queue.)
 //   - after a mesh link withdrew a forwarded source: the source goes on
 //     probation as any forwarded source unknown to the region, and is
-//     forgotten by the sweep without PeerGone (the receiver is told to
-//     forget it too, ForgetSource, so that it reports the source again
+//     forgotten by the sweep without PeerGone (the receiver's sink is told
+//     to forget it too, ForgetSource, so that it reports the source again
 //     should it come back and write); a later packet to it is answered
 //     PeerGone(not here).
 //   - after a registry Recover: no connection is known, as above.
@@ -497,7 +497,7 @@ func (r *Registry) deliveredFrom(ctx actor.Context, cs *connState, s actors.Deli
 				// Not recorded, so the receiver must not count it as
 				// reported either (see sweepUnknown).
 				r.sys.Stats.UnknownSourcesIgnored.Add(1)
-				ctx.Send(cs.conn.PID, &actors.ForgetSource{Peer: s.Source})
+				forgetSource(cs.conn, s.Source)
 				return
 			}
 			r.unknownSources[s.Source] = r.sys.Clock.Now()
@@ -552,24 +552,25 @@ func (r *Registry) armSweep(ctx actor.Context) {
 // sweepUnknown forgets the sources whose probation is over and that the
 // region still does not know, without PeerGone: none was ever due.
 //
-// Each recipient is sent ForgetSource, in connection order: its outbox
-// reports a source only the first time, so without it a source that
-// later came into the region and wrote to the recipient again would go
-// unreported, and its departure would send the recipient no PeerGone.
-// How the forget meets what is in flight:
-//   - a report of the source the outbox made before it heard the forget
-//     (a Delivered still in this mailbox, which its low priority lets a
+// Each recipient's sink is told to forget the source (forgetSource): the
+// outbox reports a source only the first time, so without it a source
+// that later came into the region and wrote to the recipient again would
+// go unreported, and its departure would send the recipient no PeerGone.
+// The sink is told here, in the sweep, not by a message to the client
+// actor: the registry may handle the source's Register or announcement
+// right after the sweep, and a packet the source then wrote must find
+// the forget already there. How the forget meets what is in flight:
+//   - a report of the source the outbox made before the forget (a
+//     Delivered still in this mailbox, which its low priority lets a
 //     sweep overtake, or a list not yet taken): the registry records the
 //     recipient again when it takes it, on a new probation if the
 //     source is still unknown, and the outbox, having forgotten, reports
 //     the source once more with its next packet: recorded once;
-//   - a packet written after the sweep but before the recipient's client
-//     actor handles ForgetSource is not reported. The source was unknown
-//     to the region at the sweep; for that packet to be owed a PeerGone
-//     it must have come into the region and written to the recipient
-//     within the one mailbox hop to the recipient's actor (the outbox
-//     applies the forget before the first packet the writer takes after
-//     it, see client.Outbox.ForgetSource). The next packet is reported.
+//   - a packet the writer is writing at the very moment of the sweep
+//     may miss the forget (the writer looks once per packet, see
+//     client.Outbox.ForgetSource); the source is unknown to the region
+//     then, so that packet is not one a PeerGone is owed for, and the
+//     next one is reported.
 func (r *Registry) sweepUnknown(ctx actor.Context) {
 	r.sweepArmed = false
 	cutoff := r.sys.Clock.Now().Add(-unknownSourceProbation)
@@ -586,12 +587,20 @@ func (r *Registry) sweepUnknown(ctx actor.Context) {
 				delete(cs.heardFrom, src)
 				cs.heardFrom = actors.Shrink(cs.heardFrom, &cs.heardFromPeak)
 			}
-			ctx.Send(c.PID, &actors.ForgetSource{Peer: src})
+			forgetSource(c, src)
 		}
 		delete(r.recipients, src)
 	}
 	if len(r.unknownSources) > 0 {
 		r.armSweep(ctx)
+	}
+}
+
+// forgetSource tells c's sink that c is no longer among src's
+// recipients (see actors.SourceForgetter), if it keeps such a record.
+func forgetSource(c *actors.Conn, src wire.NodePublic) {
+	if f, ok := c.Sink.(actors.SourceForgetter); ok {
+		f.ForgetSource(src)
 	}
 }
 

@@ -74,6 +74,7 @@ func (f *fakeClient) take() []any {
 type fakeSink struct {
 	name    string
 	pending []actors.DeliveredSource // first deliveries not yet taken (see harness.ring)
+	forgot  []wire.NodePublic        // ForgetSource calls, in order
 }
 
 func (*fakeSink) SendPacket(p *wire.Packet, _ *actors.Waiter) { p.Release() }

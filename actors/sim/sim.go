@@ -194,7 +194,8 @@ type heard struct {
 	// source was written while the registry knew the source (it came
 	// into the region after the probation began). That makes a PeerGone
 	// owed again: if the sweep had forgotten the receiver meanwhile, it
-	// told the receiver so (ForgetSource), and the packet was reported.
+	// told the receiver's sink so (ForgetSource), and the packet was
+	// reported.
 	writtenWhileKnown bool
 }
 
@@ -796,6 +797,13 @@ func (c *conn) noteSource(src wire.NodePublic, forwarded bool) {
 	}
 }
 
+// ForgetSource implements actors.SourceForgetter, as client.Outbox does:
+// the source's next packet is reported again.
+func (c *conn) ForgetSource(src wire.NodePublic) {
+	c.s.tracef("c%d forgets having reported key %s", c.id, keyName(src))
+	delete(c.seen, src)
+}
+
 // TakeDelivered implements actors.DeliveredTaker.
 func (c *conn) TakeDelivered() []actors.DeliveredSource {
 	taken := c.pending
@@ -813,10 +821,6 @@ func (a *connActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actors.SendPeerGone:
 		s.peerGone(c, m)
-	case *actors.ForgetSource:
-		// The client actor hands it to the outbox, which forgets having
-		// reported the source before it writes its next packet.
-		delete(c.seen, m.Peer)
 	case *actors.SendPeerPresence:
 		if c.link == nil {
 			s.failf("client connection c%d was sent watcher updates", c.id)
@@ -1032,8 +1036,6 @@ func describe(msg any) string {
 		return fmt.Sprintf("MeshUpdate session %d, %d updates", m.Link, len(m.Updates))
 	case *actors.SendPeerGone:
 		return "SendPeerGone " + keyName(m.Peer)
-	case *actors.ForgetSource:
-		return "ForgetSource " + keyName(m.Peer)
 	case *actors.SendPeerPresence:
 		return fmt.Sprintf("SendPeerPresence %d updates", len(m.Updates))
 	}
