@@ -252,6 +252,11 @@ func (e *engine) message(rec *journal.Record) {
 		e.rep.Outputs++
 		return
 	}
+	if rec.Target.Kind == actors.ActorClient && clientEnding(rec) {
+		e.rep.Skipped++
+		e.clientStopped(rec.Target.ID)
+		return
+	}
 	reg := e.sys.Registry
 	switch m := rec.Msg.(type) {
 	case *actors.Register:
@@ -305,6 +310,46 @@ func (e *engine) message(rec *journal.Record) {
 		// Queries, timer ticks, opaque messages, and what actors send
 		// each other: the fresh actors make their own.
 		e.rep.Skipped++
+	}
+}
+
+// clientReaderDone is the journal's name for the message a connection's
+// reader sends its client actor when the connection ends (an opaque
+// record: the type is actors/client's own). The actor takes no message
+// after it: it unregisters and stops itself.
+const clientReaderDone = "*client.readerDone"
+
+// clientEnding reports whether rec, a message a client actor took, shows
+// the actor ending: its reader's last word or, should that type be
+// renamed, protoactor's Stopping and Stopped, a little later.
+func clientEnding(rec *journal.Record) bool {
+	switch rec.Msg.(type) {
+	case *actor.Stopping, *actor.Stopped:
+		return true
+	case nil:
+		return rec.Note == clientReaderDone
+	}
+	return false
+}
+
+// clientStopped replays a client actor ending. Live, a connection's actor
+// stops before the registry takes its Unregister, and in a shutdown every
+// client actor may stop before the registry takes the first of the
+// Unregisters: the PeerGone it then sends the departed's peers goes to
+// dead letters, and the journal shows none. The clones stop counting
+// frames here, after the actors have taken what was fed before (the
+// registry's frames to them sent by then are still counted), so that
+// produced and recorded frames compare like with like. Only the first of
+// a connection's ending records counts.
+func (e *engine) clientStopped(id uint64) {
+	clones := e.conns.get(id)
+	if clones == nil || clones[0].ended {
+		return // ended before it registered (a handshake that failed), or already
+	}
+	e.settle(false)
+	for _, sc := range clones {
+		sc.ended = true
+		e.sys.Send(sc.conn.PID, &simStopped{})
 	}
 }
 

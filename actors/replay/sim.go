@@ -16,6 +16,7 @@ type simConn struct {
 	client *simClient
 	sink   *simSink
 	tally  *actors.FlowTally // its reader's flow tally, once FlowTallyStarted was replayed
+	ended  bool              // the journal showed its client actor ending (the feeder's, not the actor's)
 }
 
 // simClient stands in for a client actor: instead of writing frames it
@@ -27,7 +28,17 @@ type simClient struct {
 	registered, presence, closes, restarting atomic.Int64
 	peerGone                                 [numGoneReasons]atomic.Int64 // by reason; the last slot for any other
 	maxDepth                                 atomic.Int64                 // deepest its mailbox was when it took a message
+
+	// stopped: the recorded client actor had stopped by here, so what
+	// the registry asks of it from now on would have gone to dead
+	// letters live, and is not counted. Touched only in Receive.
+	stopped bool
 }
+
+// simStopped tells a simulated client that its recorded actor stopped.
+// It goes through the mailbox, behind what the registry sent before, so
+// those frames still count.
+type simStopped struct{}
 
 // numGoneReasons: the two reasons the protocol defines, and one slot for
 // any other, so an unexpected reason is counted, not lost (a slot per
@@ -46,6 +57,13 @@ func goneSlotName(slot int) string {
 }
 
 func (c *simClient) Receive(ctx actor.Context) {
+	if _, ok := ctx.Message().(*simStopped); ok {
+		c.stopped = true
+		return
+	}
+	if c.stopped {
+		return
+	}
 	switch m := ctx.Message().(type) {
 	case *actors.Registered:
 		c.registered.Add(1)
