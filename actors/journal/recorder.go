@@ -70,7 +70,8 @@ type Recorder struct {
 
 	seq     atomic.Uint64
 	queued  atomic.Int64 // bytes of records handed to the writer
-	stopped atomic.Bool  // at the byte limit: records are no longer kept
+	stopped atomic.Bool  // records are no longer kept: at the limit, after a write error, or closed
+	atLimit atomic.Bool  // stopped because the journal reached MaxBytes
 
 	// mu guards buffers, closed and the chunks channel's closing: it is
 	// taken per chunk and per buffer made, never per record.
@@ -137,8 +138,9 @@ func NewRecorder(w io.Writer, cfg RecorderConfig) (*Recorder, error) {
 // Start is the journal's start time, the origin of every record's At.
 func (r *Recorder) Start() time.Time { return r.start }
 
-// Stopped reports whether recording stopped at the byte limit.
-func (r *Recorder) Stopped() bool { return r.stopped.Load() }
+// Stopped reports whether recording stopped at the byte limit (not
+// merely because it was closed).
+func (r *Recorder) Stopped() bool { return r.atLimit.Load() }
 
 func (r *Recorder) writeLoop() {
 	defer close(r.done)
@@ -233,6 +235,7 @@ func (r *Recorder) hand(b []byte) {
 	}
 	if max := r.cfg.MaxBytes; max > 0 && r.queued.Add(int64(len(b))) > max {
 		if r.stopped.CompareAndSwap(false, true) {
+			r.atLimit.Store(true)
 			text := fmt.Sprintf("recording stopped at the limit of %d bytes (-record-max-bytes)", max)
 			r.cfg.Log.Warn().Int64("max_bytes", max).Msg("recording stopped: the journal reached -record-max-bytes")
 			r.chunks <- &chunk{b: AppendNote(nil, r.seq.Add(1), r.since(), text)}

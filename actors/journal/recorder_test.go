@@ -66,6 +66,9 @@ func TestRecorderSystem(t *testing.T) {
 	if err := rec.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if rec.Stopped() {
+		t.Fatal("a journal closed under its limit says it stopped at the limit")
+	}
 
 	r, recs, err := readAll(out.Bytes())
 	if err != io.EOF {
@@ -151,6 +154,9 @@ func TestRecorderMaxBytes(t *testing.T) {
 	pkts.Close()
 	if err := rec.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if !rec.Stopped() {
+		t.Fatal("closing forgot that recording stopped at the limit")
 	}
 	_, recs, err := readAll(out.Bytes())
 	if err != io.EOF {
