@@ -37,10 +37,21 @@ import (
 	"github.com/derpd/derpd/stun"
 	"github.com/derpd/derpd/wire"
 	"github.com/mattn/go-isatty"
+	cmap "github.com/orcaman/concurrent-map"
 	"github.com/rs/zerolog"
 )
 
 func main() {
+	// protoactor's process registry is 1024 concurrent maps of
+	// cmap.SHARD_COUNT (32) shards: 32,768 Go maps, each keeping the
+	// buckets of the most actors it ever held, so a relay's client churn
+	// leaves up to about 9.5 MiB behind (docs/performance.md, "What stays
+	// after a load"). 1024 maps of one shard each still spread spawns
+	// and stops over 1024 locks, and sends do not look the registry up
+	// (a PID caches its process), so one shard loses nothing and cuts
+	// that ceiling 32 times. It must be set before the first actor
+	// system is made, and stay; tests (actors/sim) do the same.
+	cmap.SHARD_COUNT = 1
 	if code, ok := subcommand(os.Args[1:], os.Stdout, os.Stderr); ok {
 		os.Exit(code) // derpd replay, derpd synth
 	}
