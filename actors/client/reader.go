@@ -76,10 +76,13 @@ type reader struct {
 	limiter *rate.Limiter
 	// packets journals every packet routed (-record); nil when off.
 	packets actors.PacketRecorder
+	// greetWait bounds the wait for the registry's Registered: the
+	// handshake's deadline (Serve sets Config.HandshakeTimeout's).
+	greetWait time.Duration
 }
 
 func newReader(sys *actors.System, c *actors.Conn, ob *Outbox, rd *wire.Reader, flows *actors.FlowTally) *reader {
-	r := &reader{sys: sys, conn: c, outbox: ob, rd: rd, routes: sys.Routes, flows: flows}
+	r := &reader{sys: sys, conn: c, outbox: ob, rd: rd, routes: sys.Routes, flows: flows, greetWait: HandshakeTimeout}
 	r.waiter.Rejects = &r.rejects
 	if c.CanMesh {
 		r.via = c.Key.String()
@@ -191,7 +194,7 @@ func (r *reader) awaitGreeting() error {
 	default:
 	}
 	expired := make(chan struct{})
-	t := r.sys.Clock.AfterFunc(HandshakeTimeout, func() { close(expired) })
+	t := r.sys.Clock.AfterFunc(r.greetWait, func() { close(expired) })
 	defer t.Stop()
 	select {
 	case <-r.outbox.Greeted():
@@ -202,7 +205,7 @@ func (r *reader) awaitGreeting() error {
 	case <-expired:
 		// The registry has not answered in a handshake's time: it is
 		// overloaded, and this connection is better closed than served.
-		return fmt.Errorf("registration not confirmed within %v", HandshakeTimeout)
+		return fmt.Errorf("registration not confirmed within %v", r.greetWait)
 	}
 }
 

@@ -162,6 +162,7 @@ func Serve(sys *actors.System, cfg *Config, a Accepted) {
 		ca.flows = tally
 	}
 	r := newReader(sys, c, ob, rd, tally)
+	r.greetWait = cfg.handshakeTimeout()
 	go func() {
 		err := r.run()
 		rd.Release()
