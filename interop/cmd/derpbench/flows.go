@@ -64,7 +64,37 @@ func flowsParams(on bool) metrics {
 
 // flowsScenario runs the scenario.
 func (b *bench) flowsScenario() {
-	dir, err := os.MkdirTemp("", "derpbench-flows")
+	b.onOffScenario(onOff{
+		name:       "flows",
+		interleave: flowsInterleave,
+		spec:       loadSpec{pairs: flowsPairs, rate: flowsRate, size: b.size},
+		// Flows on is the default; the flag is given both ways so that
+		// the command line says which server is which.
+		args:   func(on bool, _ string) []string { return []string{fmt.Sprintf("-flows=%v", on)} },
+		params: flowsParams,
+		measure: func(srv *harness.Server, spec loadSpec, on bool, _ string) (metrics, error) {
+			return measureLoadThen(srv, spec, func(l *load, m metrics) error { return checkFlows(srv, l, on, m) })
+		},
+	})
+}
+
+// onOff is a scenario of two derpd servers, one with a feature on and
+// one with it off, carrying the same load alternately (flows, record).
+type onOff struct {
+	name       string
+	interleave int // on/off pairs measured per round of -rounds
+	spec       loadSpec
+	args       func(on bool, dir string) []string // the server's flags; dir is the scenario's temporary directory
+	params     func(on bool) metrics
+	measure    func(srv *harness.Server, spec loadSpec, on bool, dir string) (metrics, error)
+}
+
+// onOffScenario launches both servers and measures interleave pairs per
+// round, each pair back to back and in alternating order (on off, off on,
+// …), so that a neighbour's burst tends to fall on both (see the flows
+// scenario's comment for why pairs).
+func (b *bench) onOffScenario(sc onOff) {
+	dir, err := os.MkdirTemp("", "derpbench-"+sc.name)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -76,40 +106,37 @@ func (b *bench) flowsScenario() {
 		}
 	}()
 	for _, on := range []bool{true, false} {
-		// Flows on is the default; the flag is given both ways so that
-		// the command line says which server is which.
-		opts := harness.Options{Kind: harness.Derpd, Args: []string{fmt.Sprintf("-flows=%v", on)}}
-		s, err := harness.Launch(opts, filepath.Join(dir, fmt.Sprintf("flows-%v", on)))
+		opts := harness.Options{Kind: harness.Derpd, Args: sc.args(on, dir)}
+		s, err := harness.Launch(opts, filepath.Join(dir, fmt.Sprintf("%s-%v", sc.name, on)))
 		if err != nil {
 			log.Panic(err) // unlike Fatal, runs the deferred Stop of the other server
 		}
 		srvs[on] = s
 	}
-	spec := loadSpec{pairs: flowsPairs, rate: flowsRate, size: b.size}
-	for r := range b.rounds * flowsInterleave {
+	for r := range b.rounds * sc.interleave {
 		order := []bool{true, false}
 		if b.turns%2 == 1 {
 			order = []bool{false, true}
 		}
 		b.turns++
 		for i, on := range order {
-			srv, params := srvs[on], flowsParams(on)
-			stopProf := b.profiler([]*harness.Server{srv}, "flows", params, r)
-			m, err := measureLoadThen(srv, spec, func(l *load, m metrics) error { return checkFlows(srv, l, on, m) })
+			srv, params := srvs[on], sc.params(on)
+			stopProf := b.profiler([]*harness.Server{srv}, sc.name, params, r)
+			m, err := sc.measure(srv, sc.spec, on, dir)
 			stopProf()
 			if m != nil {
 				m["first"] = float64(1 - i) // 1 if measured first in its pair
 			}
-			// Round is the pair's number here, so that flowsRounds can
+			// Round is the pair's number here, so that the table can
 			// pair the two measurements again from runs.json.
-			ru := run{Scenario: "flows", Server: harness.Derpd, Round: r, Params: params, Metrics: m}
+			ru := run{Scenario: sc.name, Server: harness.Derpd, Round: r, Params: params, Metrics: m}
 			if err != nil {
 				ru.Err = err.Error()
 				out := srv.Output()
-				log.Printf("flows %v: %v\nserver output (tail):\n%s", fmtParams(params), err, out[max(0, len(out)-3000):])
+				log.Printf("%s %v: %v\nserver output (tail):\n%s", sc.name, fmtParams(params), err, out[max(0, len(out)-3000):])
 			}
 			b.runs = append(b.runs, ru)
-			log.Printf("%-10s %-6s %v %v", "flows", harness.Derpd, fmtParams(params), fmtMetrics(m))
+			log.Printf("%-10s %-6s %v %v", sc.name, harness.Derpd, fmtParams(params), fmtMetrics(m))
 		}
 	}
 }

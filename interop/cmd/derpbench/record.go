@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"log"
 	"os"
 	"path/filepath"
 	"slices"
@@ -38,55 +37,28 @@ func recordParams(on bool) metrics {
 
 // recordScenario runs the scenario.
 func (b *bench) recordScenario() {
-	dir, err := os.MkdirTemp("", "derpbench-record")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	journal := filepath.Join(dir, "derpd.journal")
-	srvs := map[bool]*harness.Server{}
-	defer func() {
-		for _, s := range srvs {
-			s.Stop()
-		}
-	}()
-	for _, on := range []bool{true, false} {
-		var args []string
-		if on {
-			args = []string{"-record", journal}
-		}
-		s, err := harness.Launch(harness.Options{Kind: harness.Derpd, Args: args}, filepath.Join(dir, fmt.Sprintf("record-%v", on)))
-		if err != nil {
-			log.Panic(err) // unlike Fatal, runs the deferred Stop of the other server
-		}
-		srvs[on] = s
-	}
-	spec := loadSpec{pairs: recordPairs, rate: recordRate, size: b.size}
-	for r := range b.rounds * recordInterleave {
-		order := []bool{true, false}
-		if b.turns%2 == 1 {
-			order = []bool{false, true}
-		}
-		b.turns++
-		for i, on := range order {
-			srv, params := srvs[on], recordParams(on)
-			stopProf := b.profiler([]*harness.Server{srv}, "record", params, r)
+	journal := func(dir string) string { return filepath.Join(dir, "derpd.journal") }
+	b.onOffScenario(onOff{
+		name:       "record",
+		interleave: recordInterleave,
+		spec:       loadSpec{pairs: recordPairs, rate: recordRate, size: b.size},
+		args: func(on bool, dir string) []string {
+			if on {
+				return []string{"-record", journal(dir)}
+			}
+			return nil
+		},
+		params: recordParams,
+		measure: func(srv *harness.Server, spec loadSpec, on bool, dir string) (metrics, error) {
 			m, err := measureLoad(srv, spec)
-			stopProf()
-			if m != nil {
-				m["first"] = float64(1 - i)
-				if fi, err := os.Stat(journal); err == nil && on {
+			if m != nil && on {
+				if fi, err := os.Stat(journal(dir)); err == nil {
 					m["journal_bytes"] = float64(fi.Size())
 				}
 			}
-			ru := run{Scenario: "record", Server: harness.Derpd, Round: r, Params: params, Metrics: m}
-			if err != nil {
-				ru.Err = err.Error()
-			}
-			b.runs = append(b.runs, ru)
-			log.Printf("%-10s %-6s %v %v", "record", harness.Derpd, fmtParams(params), fmtMetrics(m))
-		}
-	}
+			return m, err
+		},
+	})
 }
 
 // recordTable is the scenario's own table: derpd with and without -record.
